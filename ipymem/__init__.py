@@ -1,0 +1,39 @@
+"""ipymem: memory profiling inside IPython and Jupyter.
+
+``%load_ext ipymem`` registers ``%memit``.  The engine (``ipymem.engine``)
+and the result objects (``ipymem.models``) work without IPython too.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from .models import MemitResult, MemitRun, Sample
+
+__version__ = "0.1.0"
+__all__ = ["MemitResult", "MemitRun", "Sample", "load_ipython_extension", "unload_ipython_extension"]
+
+_MAGIC_NAMES = {"line": ("memit",), "cell": ("memit",)}
+
+
+def load_ipython_extension(ipython: Any) -> None:
+    """Register the magics (``%load_ext ipymem``)."""
+    from .magics import MemoryMagics
+
+    ipython.register_magics(MemoryMagics)
+
+
+def unload_ipython_extension(ipython: Any) -> None:
+    """Remove the magics and release what ipymem holds (``%unload_ext ipymem``)."""
+    from .engine.probes import close_shared_probe
+    from .magics import MemoryMagics
+
+    table = ipython.magics_manager.magics
+    for kind, names in _MAGIC_NAMES.items():
+        for name in names:
+            func = table[kind].get(name)
+            if getattr(func, "__self__", None).__class__ is MemoryMagics:
+                del table[kind][name]
+    registry = ipython.magics_manager.registry
+    registry.pop(MemoryMagics.__name__, None)
+    close_shared_probe()

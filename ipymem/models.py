@@ -1,0 +1,169 @@
+"""Result objects: plain, frozen data.
+
+Standard library only. Memory is integer bytes, time is seconds, and the
+parameters that produced a result travel with it, so a result kept with
+``-o`` can be rendered, compared or exported long after the cell ran.
+Derived figures are properties, never stored twice.
+
+Rendering lives in :mod:`ipymem.render`; the ``_repr_*_`` hooks import it
+lazily so that this module stays importable without IPython.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any, NamedTuple
+
+#: Values of :attr:`MemitResult.outcome` other than ``"ok"``.
+INTERRUPTED = "interrupted"
+ERROR = "error"
+
+
+class Sample(NamedTuple):
+    """One reading of the timeline: seconds since the measurement started and RSS in bytes."""
+
+    t: float
+    rss: int
+
+
+@dataclass(frozen=True)
+class MemitParams:
+    """The options a ``%memit`` measurement ran with."""
+
+    repeat: int = 1
+    timeout: float | None = None
+    interval: float = 0.01
+    include_children: bool = False
+    trace_heap: bool = False
+
+
+@dataclass(frozen=True)
+class MemitRun:
+    """One execution of the measured statement.
+
+    All memory figures are process RSS in bytes (plus children's RSS when the
+    measurement included children), except the ``heap_*`` figures, which are
+    the Python heap as traced by :mod:`tracemalloc` (``None`` when it was not
+    traced).
+    """
+
+    baseline: int
+    peak: int
+    end: int
+    duration: float
+    samples: int
+    heap_baseline: int | None = None
+    heap_peak: int | None = None
+
+    @property
+    def increment(self) -> int:
+        """Peak above the memory at the start of the run: what the statement needed."""
+        return self.peak - self.baseline
+
+    @property
+    def retained(self) -> int:
+        """Memory at the end of the run above its start: what the statement kept (or the allocator did)."""
+        return self.end - self.baseline
+
+    @property
+    def heap_increment(self) -> int | None:
+        """Python-heap peak above the heap at the start of the run."""
+        if self.heap_peak is None or self.heap_baseline is None:
+            return None
+        return self.heap_peak - self.heap_baseline
+
+
+@dataclass(frozen=True)
+class MemitResult:
+    """What ``%memit`` measured.
+
+    ``peak_method`` says where :attr:`peak` came from: the kernel's
+    high-water mark (exact, no spike can be missed) or the sampler (a lower
+    bound: spikes shorter than the interval can be missed).  ``outcome`` is
+    ``"ok"``, ``"interrupted"`` (KeyboardInterrupt) or ``"error"`` (the
+    statement raised ``error``); the runs that finished, and the partial one,
+    are kept either way.
+    """
+
+    statement: str
+    runs: tuple[MemitRun, ...]
+    params: MemitParams = field(default_factory=MemitParams)
+    peak_method: str = "sampled"
+    setup: str | None = None
+    timeline: tuple[Sample, ...] = ()
+    outcome: str = "ok"
+    error: str | None = None
+    timed_out: bool = False
+    notes: tuple[str, ...] = ()
+
+    # -- derived figures -------------------------------------------------
+    @property
+    def peak(self) -> int:
+        """Highest RSS reached in any run (bytes)."""
+        return max((r.peak for r in self.runs), default=0)
+
+    @property
+    def increment(self) -> int:
+        """Worst (largest) increment over the runs: the figure to budget for."""
+        return max((r.increment for r in self.runs), default=0)
+
+    @property
+    def best_increment(self) -> int:
+        """Smallest increment over the runs."""
+        return min((r.increment for r in self.runs), default=0)
+
+    @property
+    def baseline(self) -> int:
+        """RSS before the first run (bytes)."""
+        return self.runs[0].baseline if self.runs else 0
+
+    @property
+    def duration(self) -> float:
+        """Seconds spent running the statement, over all runs."""
+        return sum(r.duration for r in self.runs)
+
+    @property
+    def samples(self) -> int:
+        """Number of sampler readings taken, over all runs."""
+        return sum(r.samples for r in self.runs)
+
+    @property
+    def heap_increment(self) -> int | None:
+        """Worst Python-heap peak above its start, or ``None`` if the heap was not traced."""
+        values = [r.heap_increment for r in self.runs if r.heap_increment is not None]
+        return max(values) if values else None
+
+    @property
+    def exact(self) -> bool:
+        """True when the peak comes from a kernel high-water mark rather than sampling."""
+        return "high-water" in self.peak_method
+
+    @property
+    def ok(self) -> bool:
+        return self.outcome == "ok"
+
+    # -- export -----------------------------------------------------------
+    def to_dict(self) -> dict[str, Any]:
+        """Plain dict (JSON-serialisable) with the stored fields and the main derived figures."""
+        data = dataclasses.asdict(self)
+        data["timeline"] = [list(s) for s in self.timeline]
+        for name in ("peak", "increment", "best_increment", "baseline", "duration", "samples", "heap_increment"):
+            data[name] = getattr(self, name)
+        for run, raw in zip(self.runs, data["runs"], strict=True):
+            raw.update(increment=run.increment, retained=run.retained, heap_increment=run.heap_increment)
+        return data
+
+    # -- display ----------------------------------------------------------
+    def __str__(self) -> str:
+        from .render.text import memit_text
+
+        return memit_text(self)
+
+    def _repr_pretty_(self, p: Any, cycle: bool) -> None:
+        p.text(str(self))
+
+    def _repr_html_(self) -> str:
+        from .render.html import memit_html
+
+        return memit_html(self)

@@ -1,0 +1,11 @@
+"""Results to text and HTML: pure functions, no printing, no IPython.
+
+Every renderer takes a result (and display options such as precision) and
+returns a string.  HTML is self-contained: inline styles, escaped user text,
+no script, so it survives notebook sanitising and nbconvert.
+"""
+
+from .html import memit_html
+from .text import memit_text
+
+__all__ = ["memit_html", "memit_text"]

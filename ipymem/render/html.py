@@ -1,0 +1,59 @@
+"""HTML reports, for notebooks (``text/html``)."""
+
+from __future__ import annotations
+
+from ..models import MemitResult
+from ..units import fmt_bytes, fmt_seconds
+from ._html import code, e, notice, table
+from .text import peak_source, status_lines
+
+
+def memit_html(result: MemitResult, precision: int = 2) -> str:
+    """A small table: peak, increment, baseline, retained, heap, time; one row per run when repeated."""
+
+    def b(n: int | None, sign: bool = False) -> str:
+        return e(fmt_bytes(n, precision, sign=sign))
+
+    what = "RSS incl. children" if result.params.include_children else "RSS"
+    caption = "%memit " + code(result.statement.splitlines()[0] if result.statement.strip() else "", 120)
+    parts = ['<div class="ipymem-memit">']
+    if result.runs:
+        worst = f" (worst of {len(result.runs)} runs)" if len(result.runs) > 1 else ""
+        rows = [
+            (f"Peak ({what})", b(result.peak)),
+            (f"Increment ({what}, peak − baseline){worst}", b(result.increment)),
+        ]
+        if len(result.runs) > 1:
+            rows.append((f"Best increment ({what})", b(result.best_increment)))
+        rows += [
+            (f"Baseline ({what})", b(result.baseline)),
+            (f"Retained after the run ({what})", b(result.runs[-1].retained, sign=True)),
+        ]
+        if result.heap_increment is not None:
+            rows.append(("Python heap peak (tracemalloc, above start)", b(result.heap_increment, sign=True)))
+        rows += [
+            ("Time" + (" (all runs)" if len(result.runs) > 1 else ""), e(fmt_seconds(result.duration))),
+            ("Samples", e(result.samples)),
+            ("Measured", e(peak_source(result))),
+        ]
+        parts.append(table(["", "Value"], [(e(k), v) for k, v in rows], numeric=[False, True], caption=caption))
+        if len(result.runs) > 1:
+            heap = result.params.trace_heap
+            headers = ["Run", f"Baseline ({what})", f"Peak ({what})", "Increment", "Retained"]
+            headers += ["Heap peak (tracemalloc)"] if heap else []
+            headers += ["Time"]
+            run_rows = []
+            for i, r in enumerate(result.runs, 1):
+                row = [e(i), b(r.baseline), b(r.peak), b(r.increment), b(r.retained, sign=True)]
+                row += [b(r.heap_increment, sign=True)] if heap else []
+                row.append(e(fmt_seconds(r.duration)))
+                run_rows.append(row)
+            parts.append(table([e(h) for h in headers], run_rows, numeric=[True] * len(headers)))
+    else:
+        parts.append(notice(f"%memit: nothing was measured ({result.outcome})"))
+    for line in status_lines(result):
+        parts.append(notice(line.strip()))
+    for n in result.notes:
+        parts.append(notice("note: " + n, color="#555"))
+    parts.append("</div>")
+    return "".join(parts)

@@ -1,0 +1,220 @@
+"""IPython glue shared by the magics: option tables, user code, display.
+
+* Options are declared once, as a table of :class:`Opt`; the same table
+  drives parsing (IPython's ``parse_options``, so ``-r3`` and ``-r 3`` both
+  work, as with ``%timeit``), type conversion with a clear ``UsageError``, and
+  the generated usage line and help shown by ``%memit?``.
+* User code goes through IPython's own transforms (magics, ``!`` lines,
+  AST transformers), is registered in ``linecache`` like a cell, so
+  tracebacks and line reports show its source, and runs in the user's
+  namespaces, so the names it defines stay defined.
+"""
+
+from __future__ import annotations
+
+import getopt
+import textwrap
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from IPython.core.error import UsageError
+
+
+@dataclass(frozen=True)
+class Opt:
+    """One option of a magic.
+
+    ``flag`` is a single letter (``"r"``) or a long name (``"precision"``);
+    ``metavar`` is ``None`` for a switch.  ``convert`` turns the text into
+    the value and raises ``ValueError`` with a helpful message on bad input.
+    """
+
+    flag: str
+    help: str
+    metavar: str | None = None
+    convert: Callable[[str], Any] = str
+    default: Any = None
+    repeatable: bool = False
+
+    @property
+    def dest(self) -> str:
+        return self.flag.replace("-", "_")
+
+    @property
+    def spelled(self) -> str:
+        dashes = "-" if len(self.flag) == 1 else "--"
+        return f"{dashes}{self.flag}" + (f" {self.metavar}" if self.metavar else "")
+
+
+def _number(kind: type, text: str, what: str) -> Any:
+    try:
+        return kind(text)
+    except ValueError:
+        raise ValueError(f"expected {what}, got {text!r}") from None
+
+
+def positive_int(text: str) -> int:
+    value = _number(int, text, "a positive integer")
+    if value < 1:
+        raise ValueError(f"expected a positive integer, got {text!r}")
+    return value
+
+
+def non_negative_int(text: str) -> int:
+    value = _number(int, text, "an integer of 0 or more")
+    if value < 0:
+        raise ValueError(f"expected an integer of 0 or more, got {text!r}")
+    return value
+
+
+def positive_float(text: str) -> float:
+    value = _number(float, text, "a positive number of seconds")
+    if not (0 < value < float("inf")):
+        raise ValueError(f"expected a positive number of seconds, got {text!r}")
+    return value
+
+
+def identifier(text: str) -> str:
+    if not text.isidentifier():
+        raise ValueError(f"expected a Python identifier, got {text!r}")
+    return text
+
+
+def usage_line(magic: str, opts: Sequence[Opt], tail: str) -> str:
+    return f"%{magic} " + " ".join(f"[{o.spelled}]" for o in opts) + f" {tail}"
+
+
+def make_doc(summary: str, magic: str, opts: Sequence[Opt], tail: str, body: str = "") -> str:
+    """Docstring for ``%magic?``, generated from the option table."""
+    width = max(len(o.spelled) for o in opts) + 2
+    lines = [summary, "", "Usage:", "  " + usage_line(magic, opts, tail), "", "Options:"]
+    for o in opts:
+        wrapped = textwrap.wrap(o.help, 78 - width - 4) or [""]
+        lines.append(f"  {o.spelled:<{width}}{wrapped[0]}")
+        lines.extend(" " * (width + 2) + w for w in wrapped[1:])
+    if body:
+        lines += ["", textwrap.dedent(body).strip()]
+    return "\n".join(lines) + "\n"
+
+
+class Parsed(dict):
+    """Option values by ``dest`` (attribute access too), plus the remaining ``rest`` text."""
+
+    rest: str = ""
+
+    def __getattr__(self, name: str) -> Any:
+        try:
+            return self[name]
+        except KeyError:
+            raise AttributeError(name) from None
+
+
+def parse(magic: str, line: str, opts: Sequence[Opt], tail: str) -> Parsed:
+    """Parse ``line`` against ``opts``; every problem becomes a ``UsageError`` carrying the usage line.
+
+    Options end at the first word that is not an option (or at ``--``); the
+    rest of the line is returned verbatim in ``rest``, spacing and quotes
+    included, because it is Python source.
+    """
+    usage = "Usage: " + usage_line(magic, opts, tail)
+    short = "".join(o.flag + (":" if o.metavar else "") for o in opts if len(o.flag) == 1)
+    long = [o.flag + ("=" if o.metavar else "") for o in opts if len(o.flag) > 1]
+    tokens = _tokens(line)
+    try:
+        found, remaining = getopt.getopt([t for t, _ in tokens], short, long)
+    except getopt.GetoptError as exc:
+        raise UsageError(f"%{magic}: {exc}\n{usage}") from None
+    consumed = len(tokens) - len(remaining)
+    rest = line[tokens[consumed - 1][1] :] if consumed else line
+    raw: dict[str, list[str]] = {}
+    for flag, value in found:
+        raw.setdefault(flag.lstrip("-"), []).append(value)
+    out = Parsed()
+    for o in opts:
+        values = raw.get(o.flag)
+        if values is None:
+            out[o.dest] = [] if o.repeatable else (False if o.metavar is None else o.default)
+            continue
+        if o.metavar is None:
+            out[o.dest] = True
+            continue
+        converted = []
+        for v in values:
+            try:
+                converted.append(o.convert(_unquote(v)))
+            except (ValueError, TypeError) as exc:
+                raise UsageError(f"%{magic}: bad value for {o.spelled.split()[0]}: {exc}\n{usage}") from None
+        out[o.dest] = converted if o.repeatable else converted[-1]
+    out.rest = rest.strip()
+    return out
+
+
+def _tokens(line: str) -> list[tuple[str, int]]:
+    """Whitespace-separated words with their end offsets; quotes group words, as in a shell."""
+    out = []
+    i, n = 0, len(line)
+    while i < n:
+        while i < n and line[i].isspace():
+            i += 1
+        if i >= n:
+            break
+        start, quote = i, None
+        while i < n and (quote or not line[i].isspace()):
+            c = line[i]
+            if quote:
+                if c == "\\":
+                    i += 1
+                elif c == quote:
+                    quote = None
+            elif c in "'\"":
+                quote = c
+            i += 1
+        out.append((line[start:i], min(i, n)))
+    return out
+
+
+def _unquote(text: str) -> str:
+    if len(text) >= 2 and text[0] == text[-1] and text[0] in "'\"":
+        return text[1:-1]
+    return text
+
+
+def require_statement(magic: str, text: str, opts: Sequence[Opt], tail: str) -> None:
+    if not text.strip():
+        raise UsageError(f"%{magic}: no statement given\nUsage: " + usage_line(magic, opts, tail))
+
+
+# -- user code -------------------------------------------------------------------
+
+
+def compile_user_code(shell: Any, source: str) -> tuple[Callable[[], None], str]:
+    """Compile ``source`` as IPython would compile a cell; returns ``(run, filename)``.
+
+    ``run()`` executes it in the user's namespaces.  The source is registered
+    in ``linecache`` under the returned file name (IPython's own cell naming,
+    so tracebacks say ``Cell In[N]``).  Syntax errors raise here, before
+    anything is measured.
+    """
+    transformed = shell.transform_cell(source)
+    number = getattr(shell, "execution_count", 0)
+    filename = shell.compile.cache(transformed, number, source)
+    tree = shell.compile.ast_parse(transformed, filename=filename)
+    tree = shell.transform_ast(tree)
+    if tree is None:  # an AST transformer rejected the input and already reported it
+        raise UsageError("the input was rejected by an IPython AST transformer")
+    code = shell.compile(tree, filename, "exec")
+    user_global_ns, user_ns = shell.user_global_ns, shell.user_ns
+
+    def run() -> None:
+        __tracebackhide__ = True
+        exec(code, user_global_ns, user_ns)
+
+    return run, filename
+
+
+def publish(text: str, html: str) -> None:
+    """Show a report: HTML where the frontend renders it, text elsewhere (terminals, logs)."""
+    from IPython.display import display
+
+    display({"text/plain": text, "text/html": html}, raw=True)

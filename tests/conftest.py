@@ -1,0 +1,99 @@
+"""Shared fixtures: a fresh IPython shell per test and a check that nothing leaks.
+
+Every test gets a new ``InteractiveShell`` with ipymem loaded and a
+capturing display publisher, so assertions read what a user would see
+(``text/plain`` and ``text/html``).  The autouse ``no_leaks`` fixture fails
+any test after which an ipymem thread is alive, the trace function changed,
+a ``sys.monitoring`` tool id is still held, or tracemalloc's state differs.
+"""
+
+from __future__ import annotations
+
+import sys
+import threading
+import time
+import tracemalloc
+
+import pytest
+from IPython.core.displaypub import CapturingDisplayPublisher
+from IPython.core.interactiveshell import InteractiveShell
+from traitlets.config import Config
+
+
+def _monitoring_tools() -> tuple:
+    mon = getattr(sys, "monitoring", None)
+    if mon is None:
+        return ()
+    return tuple(mon.get_tool(i) for i in range(6))
+
+
+def _ipymem_threads() -> list[str]:
+    return [t.name for t in threading.enumerate() if t.name.startswith("ipymem-") and t.is_alive()]
+
+
+def _state() -> dict:
+    return {
+        "trace": sys.gettrace(),
+        "tracemalloc": tracemalloc.is_tracing(),
+        "frames": tracemalloc.get_traceback_limit() if tracemalloc.is_tracing() else None,
+        "monitoring": _monitoring_tools(),
+    }
+
+
+@pytest.fixture(autouse=True)
+def no_leaks():
+    before = _state()
+    yield
+    deadline = time.monotonic() + 2.0
+    while _ipymem_threads() and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert _ipymem_threads() == [], "ipymem threads left running"
+    assert _state() == before, "tracer, tracemalloc or monitoring state changed"
+
+
+class Shell:
+    """A test shell: the real InteractiveShell plus helpers to read what was displayed."""
+
+    def __init__(self, ip: InteractiveShell) -> None:
+        self.ip = ip
+
+    def __getattr__(self, name):
+        return getattr(self.ip, name)
+
+    @property
+    def outputs(self) -> list[dict]:
+        return [o["data"] for o in self.ip.display_pub.outputs]
+
+    def texts(self) -> list[str]:
+        return [o["text/plain"] for o in self.outputs if "text/plain" in o]
+
+    def htmls(self) -> list[str]:
+        return [o["text/html"] for o in self.outputs if "text/html" in o]
+
+    def clear(self) -> None:
+        self.ip.display_pub.outputs.clear()
+
+    def line(self, magic: str, line: str = ""):
+        return self.ip.run_line_magic(magic, line)
+
+    def cell(self, magic: str, line: str, cell: str):
+        return self.ip.run_cell_magic(magic, line, cell)
+
+
+@pytest.fixture
+def ip():
+    InteractiveShell.clear_instance()
+    config = Config()
+    config.HistoryManager.hist_file = ":memory:"
+    shell = InteractiveShell.instance(config=config)
+    shell.display_pub = CapturingDisplayPublisher()
+    shell.run_line_magic("load_ext", "ipymem")
+    try:
+        yield Shell(shell)
+    finally:
+        if "ipymem" in shell.extension_manager.loaded:
+            shell.run_line_magic("unload_ext", "ipymem")
+        InteractiveShell.clear_instance()
+
+
+MiB = 1024 * 1024
