@@ -5,7 +5,6 @@ returns a string.  HTML is self-contained: inline styles, escaped user text,
 no script, so it survives notebook sanitising and nbconvert.
 """
 
-from .html import memit_html
-from .text import memit_text
+from .memit import memit_html, memit_text
 
 __all__ = ["memit_html", "memit_text"]

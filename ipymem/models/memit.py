@@ -1,13 +1,4 @@
-"""Result objects: plain, frozen data.
-
-Standard library only. Memory is integer bytes, time is seconds, and the
-parameters that produced a result travel with it, so a result kept with
-``-o`` can be rendered, compared or exported long after the cell ran.
-Derived figures are properties, never stored twice.
-
-Rendering lives in :mod:`ipymem.render`; the ``_repr_*_`` hooks import it
-lazily so that this module stays importable without IPython.
-"""
+"""The ``%memit`` result."""
 
 from __future__ import annotations
 
@@ -156,7 +147,7 @@ class MemitResult:
 
     # -- display ----------------------------------------------------------
     def __str__(self) -> str:
-        from .render.text import memit_text
+        from ..render.memit import memit_text
 
         return memit_text(self)
 
@@ -164,6 +155,6 @@ class MemitResult:
         p.text(str(self))
 
     def _repr_html_(self) -> str:
-        from .render.html import memit_html
+        from ..render.memit import memit_html
 
         return memit_html(self)

@@ -1,0 +1,12 @@
+"""Result objects: plain, frozen data (standard library only).
+
+Memory is integer bytes, time is seconds, and the parameters that produced a
+result travel with it, so a result kept with ``-o`` can be rendered, compared
+or exported long after the cell ran.  Derived figures are properties.  Each
+result has ``_repr_pretty_`` and ``_repr_html_``; rendering itself lives in
+:mod:`ipymem.render`, imported lazily so this package needs no IPython.
+"""
+
+from .memit import ERROR, INTERRUPTED, MemitParams, MemitResult, MemitRun, Sample
+
+__all__ = ["ERROR", "INTERRUPTED", "MemitParams", "MemitResult", "MemitRun", "Sample"]
