@@ -137,7 +137,11 @@ class Sampler:
         return value
 
     def elapsed(self) -> float:
-        return 0.0 if self._t0 is None else self.clock() - self._t0
+        """Seconds since the first reading (which starts the clock)."""
+        now = self.clock()
+        if self._t0 is None:
+            self._t0 = now
+        return now - self._t0
 
     # -- thread --------------------------------------------------------------
     @property
@@ -147,8 +151,6 @@ class Sampler:
     def start(self) -> Sampler:
         if self._thread is not None:
             raise RuntimeError("sampler already started")
-        if self._t0 is None:
-            self._t0 = self.clock()
         self._stop.clear()
         self.sample()
         self._thread = threading.Thread(target=self._run, name=THREAD_PREFIX + "sampler", daemon=True)
