@@ -8,10 +8,11 @@ from __future__ import annotations
 
 from typing import Any
 
+from .api import memit
 from .models import MemitResult, MemitRun, Sample
 
 __version__ = "0.1.0"
-__all__ = ["MemitResult", "MemitRun", "Sample", "load_ipython_extension", "unload_ipython_extension"]
+__all__ = ["MemitResult", "MemitRun", "Sample", "load_ipython_extension", "memit", "unload_ipython_extension"]
 
 _MAGIC_NAMES = {"line": ("memit",), "cell": ("memit",)}
 
