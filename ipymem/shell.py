@@ -196,6 +196,8 @@ def compile_user_code(shell: Any, source: str) -> tuple[Callable[[], None], str]
     so tracebacks say ``Cell In[N]``).  Syntax errors raise here, before
     anything is measured.
     """
+    if not source.endswith("\n"):
+        source += "\n"  # IPython's transformers expect whole lines
     transformed = shell.transform_cell(source)
     number = getattr(shell, "execution_count", 0)
     filename = shell.compile.cache(transformed, number, source)

@@ -21,6 +21,7 @@ import tracemalloc
 from collections.abc import Callable
 
 from ..models import ERROR, INTERRUPTED, MemitParams, MemitResult, MemitRun
+from .interrupts import deferred_interrupts
 from .probes import PEAK_SAMPLED, Probe, shared_probe
 from .sampler import Sampler
 
@@ -70,12 +71,16 @@ def memit(
     error: BaseException | None = None
     timed_out = False
     started_tracemalloc = False
-    if params.trace_heap and not tracemalloc.is_tracing():
-        tracemalloc.start()
-        started_tracemalloc = True
-    try:
+    # gc.collect() is deferred too: an interrupt landing in a gc callback would be lost.
+    with deferred_interrupts() as held:
+        if params.trace_heap and not tracemalloc.is_tracing():
+            tracemalloc.start()
+            started_tracemalloc = True
         if collect:
             gc.collect()
+    try:
+        if held.received:
+            raise KeyboardInterrupt
         budget_start = time.perf_counter()
         for i in range(repeat):
             if timeout is not None and i > 0 and time.perf_counter() - budget_start >= timeout:
@@ -86,10 +91,15 @@ def memit(
             methods.add(method)
             if error is not None:
                 break
+    except KeyboardInterrupt as exc:  # between runs, outside the user's code
+        error = exc
     finally:
-        sampler.stop()
-        if started_tracemalloc:
-            tracemalloc.stop()
+        with deferred_interrupts() as held:
+            sampler.stop()
+            if started_tracemalloc:
+                tracemalloc.stop()
+        if held.received and error is None:
+            error = KeyboardInterrupt()
     notes = []
     if include_children and methods != {PEAK_SAMPLED}:
         notes.append("child processes are sampled: their share of the peak is a lower bound")
@@ -125,21 +135,27 @@ def _one_run(
         tracemalloc.reset_peak()
         heap_baseline = tracemalloc.get_traced_memory()[0]
     count_before = sampler.timeline.count
-    # Start the thread first: its stack pages are ipymem's cost, not the statement's.
-    sampler.start()
-    sampler.timeline.reset_window()
-    baseline = sampler.read()
-    probe.reset_peak()
+    with deferred_interrupts() as held:
+        # Start the thread first: its stack pages are ipymem's cost, not the statement's.
+        sampler.start()
+        sampler.timeline.reset_window()
+        baseline = sampler.read()
+        probe.reset_peak()
     t0 = time.perf_counter()
     try:
+        if held.received:
+            raise KeyboardInterrupt
         func()
     except BaseException as exc:
         error = exc
-    duration = time.perf_counter() - t0
-    if trace_heap:
-        heap_peak = tracemalloc.get_traced_memory()[1]
-    exact, method = probe.peak()
-    sampler.stop()
+    with deferred_interrupts() as held:
+        duration = time.perf_counter() - t0
+        if trace_heap:
+            heap_peak = tracemalloc.get_traced_memory()[1]
+        exact, method = probe.peak()
+        sampler.stop()
+    if held.received and error is None:
+        error = KeyboardInterrupt()
     end = sampler.timeline.last.rss if sampler.timeline.last is not None else sampler.read()
     sampled_max = sampler.timeline.window_max or end
     # With children, samples are this process + children while the high-water
