@@ -102,7 +102,8 @@ class MemoryMagics(Magics):
         Examples::
 
           In [1]: %memit bytearray(200 * 2**20)
-          peak memory: 245.61 MiB, increment: 200.02 MiB
+          peak memory: 238.37 MiB, increment: 200.00 MiB
+            RSS, exact peak from the kernel high-water mark (VmHWM) · baseline 38.37 MiB · ...
 
           In [2]: %%memit import numpy as np
              ...: a = np.ones(10**7)
