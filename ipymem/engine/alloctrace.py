@@ -445,11 +445,12 @@ def _select(
 ) -> tuple[tuple[AllocEntry, ...], int, int, int]:
     """The top entries (reduced data only: one item per location) and the sums of the rest."""
     final = retained_runs[-1] if retained_runs else {}
-    keys = set(peak) | set(final)
+    zero = (0, 0)
+    # Groups that did not change (blocks from before the run, when tracemalloc was already running) are no rows.
+    keys = {k for k, v in peak.items() if v[0] or v[1]} | {k for k, v in final.items() if v[0] or v[1]}
     if repeated:
         for g in retained_runs[:-1]:
-            keys |= set(g)
-    zero = (0, 0)
+            keys |= {k for k, v in g.items() if v[0] or v[1]}
 
     def by_run(k: Key) -> tuple[int, ...]:
         return tuple(g.get(k, zero)[0] for g in retained_runs)
