@@ -8,20 +8,23 @@ How it works, per measurement:
    snapshot of them is the baseline that later figures are relative to.
    Only its peak is reset (``tracemalloc.reset_peak``), as ``%memit`` does.
 2. While the callable runs, a trace function (``sys.settrace``, this thread
-   only) looks at ``tracemalloc.get_traced_memory()`` at each line, call and
-   return of *user code* (library frames get no line events: the global
-   hook returns ``None`` for them).  When the traced heap has risen well
-   above the last snapshot (by 1 MiB and by a quarter of the growth so
-   far), it takes a snapshot and folds it into per-location totals at once.
-   The highest of these, or the final state when that is higher, is the
-   "held at the heap peak" column.  Geometric steps keep the number of
-   snapshots logarithmic in the growth.  Memory allocated and freed inside a
-   single line (or a single library call) is invisible to it: the exact
-   heap peak in the total row still includes it, and the difference is
-   reported as the unobserved part of the peak.  If a trace function is
-   already set (a debugger, coverage, ``%mprun`` on 3.11), it is not
-   replaced: the "held at peak" column then comes from the end of the run,
-   and a note says so.
+   only) looks at ``tracemalloc.get_traced_memory()`` at each line of the
+   top-level cell code and at each call into and return from a user
+   function (library frames get no events at all: the global hook returns
+   ``None`` for them; user functions get no line events, so their loops run
+   at tracemalloc's own speed).  When the traced heap has doubled its
+   growth since the last snapshot (and risen by at least 1 MiB), it takes
+   a snapshot and folds it into per-location totals at once; a time budget
+   keeps snapshots under about a quarter of the run time unless the growth
+   quadrupled.  The highest of these snapshots, or the end of the run when
+   that is higher, is the "held at the heap peak" column.  Memory allocated
+   and freed between two observation points (inside one line of the cell,
+   or inside a function call that returns before the next one) is
+   invisible to it: the exact heap peak in the total row still includes it,
+   and the difference is reported as the unobserved part of the peak.  If
+   a trace function is already set (a debugger, coverage, ``%mprun`` on
+   3.11), it is not replaced: the "held at peak" column then comes from the
+   end of the run, and a note says so.
 3. After each run (and a garbage collection) a snapshot gives the retained
    column; with ``repeat > 1`` one per run gives the growth per run.
 
@@ -68,8 +71,8 @@ from .probes import Probe, shared_probe
 
 #: A snapshot is taken when the traced heap exceeds the last one by this much (bytes) ...
 MIN_STEP = 1024 * 1024
-#: ... and by this fraction of the growth above the start.
-GROWTH = 0.25
+#: Share of the run time the in-run snapshots may take (unless the heap quadruples its growth).
+SNAPSHOT_BUDGET = 0.25
 
 Key = tuple[tuple[str, int], ...]
 Groups = dict[Key, list[int]]  # key -> [size, count]
@@ -252,7 +255,18 @@ def _minus(a: Groups, b: Groups) -> Groups:
 
 
 class _PeakWatcher:
-    """``sys.settrace`` hook: snapshot the heap when it reaches a new high, seen from user-code lines."""
+    """``sys.settrace`` hook: snapshot the heap when it reaches a new high, seen from user code.
+
+    Observation points: every line of top-level cell (module) code, and each
+    call into and return from a user function (function frames get no line
+    events, which keeps loops inside functions at full tracemalloc speed;
+    a function's locals are still alive at its return event).  A snapshot
+    is taken when the heap has doubled its growth since the last one (and
+    grown by at least ``MIN_STEP``), so their number is logarithmic in the
+    growth and their total cost about twice one final snapshot.  A time
+    budget keeps snapshots under about a quarter of the run time unless
+    the heap has quadrupled its growth (a spike worth the cost).
+    """
 
     def __init__(self, code: CodeMap, attribute: Callable[[tuple], Key | None], base: int) -> None:
         self._is_user = code.is_user
@@ -265,9 +279,13 @@ class _PeakWatcher:
         self.snapshots = 0
         self.seconds = 0.0
         self._next = base + MIN_STEP
+        self._started = time.perf_counter()
 
     def __call__(self, frame: Any, event: str, arg: Any) -> Any:
-        if self._is_user(frame.f_code.co_filename):
+        code = frame.f_code
+        if self._is_user(code.co_filename):
+            if code.co_name != "<module>":
+                frame.f_trace_lines = False
             if self._get()[0] > self._next:
                 self.snap()
             return self._local
@@ -281,12 +299,16 @@ class _PeakWatcher:
     def snap(self) -> None:
         t0 = time.perf_counter()
         current = self._get()[0]
+        growth = current - self.base
+        if self.seconds > SNAPSHOT_BUDGET * (t0 - self._started) and growth < 4 * (self.level - self.base):
+            self._next = self.base + 2 * growth  # over budget: wait for a bigger rise
+            return
         snapshot = tracemalloc.take_snapshot()
         self.groups, self.outside = aggregate(snapshot, self._attribute)
         del snapshot
         self.level = current
         self.snapshots += 1
-        self._next = current + max(MIN_STEP, int(GROWTH * (current - self.base)))
+        self._next = current + max(MIN_STEP, growth)
         self.seconds += time.perf_counter() - t0
 
 
@@ -373,8 +395,6 @@ def alloctrace(
             error = _one_run(func, watcher)
             duration += time.perf_counter() - t0
             runs += 1
-            if watcher is not None and tracemalloc.get_traced_memory()[0] > watcher.level + MIN_STEP:
-                watcher.snap()  # the end of the run is a new high: keep it before collecting
             gc.collect()
             groups, final_outside = aggregate(tracemalloc.take_snapshot(), attribute)
             per_run.append(groups)
