@@ -455,7 +455,7 @@ def _one_run(func: Callable[[], object], watcher: _PeakWatcher | None) -> BaseEx
     except BaseException as exc:
         return exc
     finally:
-        if watcher is not None:
+        if watcher is not None and sys.gettrace() is watcher:  # the user's code may have set its own
             sys.settrace(None)
     return None
 
