@@ -299,3 +299,36 @@ def test_engine_without_ipython_and_imports_no_ipython(tmp_path):
     )
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     subprocess.run([sys.executable, str(script)], check=True, env={**os.environ, "PYTHONPATH": root})
+
+
+def test_transient_freed_inside_a_function_is_in_the_peak_but_no_row(ip):
+    """A documented limit: memory allocated and freed between two observation points has no row."""
+    ip.ip.run_cell("def churn():\n    t = bytes(50 * 2**20)\n    del t\n    return 1\n")
+    r = ip.line("memtrace", "-o -q churn()")
+    assert r.peak_increment >= 50 * MiB  # the exact peak sees it
+    assert all(e.peak_size < MiB for e in r.entries)
+    assert r.unobserved_peak >= 49 * MiB
+    ip.line("memtrace", "churn()")
+    assert "between two observations" in ip.texts()[-1]
+
+
+@pytest.mark.parametrize("seed", range(2))
+def test_sigint_at_random_points_leaves_a_clean_session(ip, seed):
+    import random
+
+    rng = random.Random(seed)
+    for _ in range(5):
+        timer = threading.Timer(rng.uniform(0.0, 0.25), lambda: os.kill(os.getpid(), signal.SIGINT))
+        timer.start()
+        try:
+            with pytest.raises(KeyboardInterrupt):
+                ip.cell(
+                    "memtrace",
+                    "-r 3 -d 3 import time",
+                    "data = [bytearray(2**16) for _ in range(50)]\ntime.sleep(0.1)\n",
+                )
+        finally:
+            timer.join()
+        assert not tracemalloc.is_tracing() and sys.gettrace() is None
+        ip.clear()
+    ip.line("memtrace", "-q pass")  # the next magic works

@@ -390,16 +390,20 @@ def alloctrace(
                     "another trace function is set (debugger or coverage?): "
                     "'held at peak' is the state at the end of the run"
                 )
-        for _ in range(repeat):
-            t0 = time.perf_counter()
-            error = _one_run(func, watcher)
-            duration += time.perf_counter() - t0
-            runs += 1
-            gc.collect()
-            groups, final_outside = aggregate(tracemalloc.take_snapshot(), attribute)
-            per_run.append(groups)
-            if error is not None:
-                break
+        try:
+            for _ in range(repeat):
+                t0 = time.perf_counter()
+                error = _one_run(func, watcher)
+                duration += time.perf_counter() - t0
+                runs += 1
+                gc.collect()
+                groups, final_outside = aggregate(tracemalloc.take_snapshot(), attribute)
+                per_run.append(groups)
+                if error is not None:
+                    break
+        except KeyboardInterrupt as exc:  # landed in our own work between or after runs
+            if error is None:
+                error = exc
         heap_now, heap_peak = tracemalloc.get_traced_memory()
         rss_end = probe.rss()
     finally:
@@ -408,7 +412,7 @@ def alloctrace(
     if watcher is not None and watcher.snapshots and watcher.level > heap_now:
         peak_groups, peak_outside, observed = watcher.groups, watcher.outside, watcher.level
     else:
-        peak_groups, peak_outside, observed = per_run[-1], final_outside, heap_now
+        peak_groups, peak_outside, observed = (per_run[-1] if per_run else {}), final_outside, heap_now
     heap_peak = max(heap_peak, observed)
     peak = _minus(peak_groups, before)
     retained_runs = [_minus(g, before) for g in per_run]
