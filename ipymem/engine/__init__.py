@@ -4,8 +4,9 @@ Nothing here imports IPython, ipywidgets or matplotlib; the engines take
 plain callables and return the plain results of :mod:`ipymem.models`.
 """
 
+from .alloctrace import alloctrace
 from .memit import memit
 from .probes import Probe, make_probe, shared_probe
 from .sampler import Sampler, Timeline
 
-__all__ = ["Probe", "Sampler", "Timeline", "make_probe", "memit", "shared_probe"]
+__all__ = ["Probe", "Sampler", "Timeline", "alloctrace", "make_probe", "memit", "shared_probe"]

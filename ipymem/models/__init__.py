@@ -7,6 +7,18 @@ result has ``_repr_pretty_`` and ``_repr_html_``; rendering itself lives in
 :mod:`ipymem.render`, imported lazily so this package needs no IPython.
 """
 
+from .alloc import AllocEntry, AllocFrame, AllocParams, AllocResult
 from .memit import ERROR, INTERRUPTED, MemitParams, MemitResult, MemitRun, Sample
 
-__all__ = ["ERROR", "INTERRUPTED", "MemitParams", "MemitResult", "MemitRun", "Sample"]
+__all__ = [
+    "ERROR",
+    "INTERRUPTED",
+    "AllocEntry",
+    "AllocFrame",
+    "AllocParams",
+    "AllocResult",
+    "MemitParams",
+    "MemitResult",
+    "MemitRun",
+    "Sample",
+]

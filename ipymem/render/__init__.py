@@ -5,6 +5,7 @@ returns a string.  HTML is self-contained: inline styles, escaped user text,
 no script, so it survives notebook sanitising and nbconvert.
 """
 
+from .alloc import alloc_html, alloc_text
 from .memit import memit_html, memit_text
 
-__all__ = ["memit_html", "memit_text"]
+__all__ = ["alloc_html", "alloc_text", "memit_html", "memit_text"]

@@ -1,0 +1,226 @@
+"""The ``%memtrace`` report as aligned text (terminals) and an HTML table (notebooks)."""
+
+from __future__ import annotations
+
+from ..models.alloc import AllocResult
+from ..units import fmt_bytes, fmt_number, fmt_seconds
+from ._html import code, e, notice, table
+
+PEAK_HEADER = "Held at heap peak"
+RETAINED_HEADER = "Retained after"
+GROWTH_HEADER = "Growth/run"
+WHAT = {"lineno": "lines", "filename": "files", "traceback": "tracebacks"}
+
+
+def _scope(result: AllocResult) -> str:
+    p = result.params
+    where = "all code" if p.all_frames else "your code"
+    frames = f"{p.depth} frame{'s' if p.depth != 1 else ''} per allocation"
+    runs = f", {result.runs} of {p.repeat} runs" if p.repeat > 1 else ""
+    shown = f"top {len(result.entries)} of {result.groups} {WHAT[p.group_by]} in {where}"
+    return f"Python heap (tracemalloc), {shown}, {frames}{runs}"
+
+
+def _outside(result: AllocResult) -> str:
+    return "ipymem itself" if result.params.all_frames else "outside your code"
+
+
+def _status(result: AllocResult) -> list[str]:
+    p = result.params
+    where = f"run {result.runs} of {p.repeat}" if p.repeat > 1 else "the run"
+    if result.outcome == "interrupted":
+        return [f"! interrupted (KeyboardInterrupt) during {where}: partial report"]
+    if result.outcome == "error":
+        return [f"! the statement raised {result.error} during {where}: partial report"]
+    return []
+
+
+def _totals(result: AllocResult, precision: int) -> list[str]:
+    def b(n: int) -> str:
+        return fmt_bytes(n, precision, sign=True)
+
+    lines = [
+        f"Python heap peak {b(result.peak_increment)} above its start"
+        f" · net retained {b(result.retained)} · process RSS {b(result.rss_increment)} (after − before)"
+    ]
+    if result.unobserved_peak > max(64 * 1024, 0.02 * result.peak_increment):
+        lines.append(
+            f"{fmt_bytes(result.unobserved_peak, precision)} of the peak was allocated and freed between two"
+            " observations (inside one line or library call): counted in the peak, not in any row"
+        )
+    return lines
+
+
+def alloc_text(result: AllocResult, precision: int = 2) -> str:
+    """Aligned text: one row per location, then the rest, code outside the user's, and the totals."""
+    p = result.params
+    repeated = p.repeat > 1
+
+    def n(x: int | float | None, sign: bool = False) -> str:
+        return fmt_number(x, precision, sign=sign)
+
+    headers = ["Location", f"{PEAK_HEADER} MiB", "blocks", f"{RETAINED_HEADER} MiB", "blocks"]
+    if repeated:
+        headers.append(f"{GROWTH_HEADER} MiB")
+    headers.append("Source" if p.group_by != "traceback" else "Source / traceback (innermost first)")
+    rows = []
+    for entry in result.entries:
+        row = [
+            entry.location,
+            n(entry.peak_size),
+            f"{entry.peak_count:,}",
+            n(entry.retained_size),
+            f"{entry.retained_count:,}",
+        ]
+        if repeated:
+            growth = entry.growth_per_run
+            row.append((n(growth, sign=True) if growth is not None else "") + (" !" if entry.grows else ""))
+        src = entry.source
+        if p.group_by == "traceback" and len(entry.frames) > 1:
+            src = (src + "  ← " if src else "") + " ← ".join(f.label for f in entry.frames[1:])
+        row.append(src)
+        rows.append(row)
+    extra = len(headers) - 5
+    if result.rest_peak_size or result.rest_retained_size:
+        rows.append(
+            ["other " + WHAT[p.group_by], n(result.rest_peak_size), "", n(result.rest_retained_size), ""] + [""] * extra
+        )
+    if not p.all_frames and (result.outside_peak_size or result.outside_retained_size):
+        rows.append(
+            ["outside your code", n(result.outside_peak_size), "", n(result.outside_retained_size), ""] + [""] * extra
+        )
+    lines = [f"%memtrace: {_scope(result)}"]
+    if rows:
+        widths = [max(len(h), *(len(r[i]) for r in rows)) for i, h in enumerate(headers)]
+        last = len(headers) - 1
+
+        def fmt(cells: list[str]) -> str:
+            out = []
+            for i, c in enumerate(cells):
+                if i == last:
+                    out.append(c)
+                elif i == 0:
+                    out.append(c.ljust(widths[i]))
+                else:
+                    out.append(c.rjust(widths[i]))
+            return "  " + "  ".join(out).rstrip()
+
+        lines.append(fmt(headers))
+        lines.extend(fmt(r) for r in rows)
+    else:
+        lines.append("  no allocation from " + ("any code" if p.all_frames else "your code") + " was traced")
+    lines.extend("  " + t for t in _totals(result, precision))
+    lines.append(
+        f"  {PEAK_HEADER}: blocks allocated by the {WHAT[p.group_by][:-1]} during the run and alive when the traced"
+        f" heap was highest; {RETAINED_HEADER}: still alive after the run and a gc"
+        + (f"; {GROWTH_HEADER}: retained growth per run, '!' = grew in every run" if repeated else "")
+    )
+    suspects = result.leak_suspects
+    if repeated and suspects:
+        lines.append("  leak suspects (retained grew in every run): " + ", ".join(s.location for s in suspects))
+    lines.append(f"  {fmt_seconds(result.duration)}" + (" total" if result.runs > 1 else ""))
+    lines.extend("  " + s for s in _status(result))
+    lines.extend(f"  note: {t}" for t in result.notes)
+    return "\n".join(lines)
+
+
+def _bar(size: int, scale: int, color: str) -> str:
+    width = 0 if scale <= 0 or size <= 0 else max(1, round(100 * size / scale))
+    return (
+        f'<div style="background:{color};height:0.55em;width:{min(width, 100)}%;min-width:{1 if width else 0}px"></div>'
+    )
+
+
+def alloc_html(result: AllocResult, precision: int = 2) -> str:
+    """A table with the source line and size bars (peak: blue, retained: orange); escaped, no script."""
+    p = result.params
+    repeated = p.repeat > 1
+
+    def n(x: int | float | None, sign: bool = False) -> str:
+        return e(fmt_number(x, precision, sign=sign))
+
+    caption = "%memtrace " + code(result.statement.splitlines()[0] if result.statement.strip() else "", 120)
+    parts = ['<div class="ipymem-memtrace">']
+    headers = [
+        "Location",
+        "Source" if p.group_by != "traceback" else "Source / traceback (innermost first)",
+        e(f"{PEAK_HEADER} (MiB)"),
+        "blocks",
+        e(f"{RETAINED_HEADER} (MiB)"),
+        "blocks",
+    ]
+    numeric = [False, False, True, True, True, True]
+    if repeated:
+        headers.append(e(f"{GROWTH_HEADER} (MiB)"))
+        numeric.append(True)
+    headers.append("")
+    numeric.append(False)
+    scale = max([max(x.peak_size, x.retained_size) for x in result.entries] or [0])
+    rows = []
+    for entry in result.entries:
+        src = code(entry.source) if entry.source else ""
+        if p.group_by == "traceback" and len(entry.frames) > 1:
+            src += "<br>" + "<br>".join(f"← {e(f.label)} {code(f.source, 100)}" for f in entry.frames[1:])
+        row = [
+            e(entry.location),
+            src,
+            n(entry.peak_size),
+            e(f"{entry.peak_count:,}"),
+            n(entry.retained_size),
+            e(f"{entry.retained_count:,}"),
+        ]
+        if repeated:
+            growth = entry.growth_per_run
+            cell = n(growth, sign=True) if growth is not None else ""
+            row.append(f"<b>{cell}</b> ⚠" if entry.grows else cell)
+        bars = _bar(entry.peak_size, scale, "#4c78a8") + _bar(entry.retained_size, scale, "#f58518")
+        row.append(f'<div style="width:12em">{bars}</div>')
+        rows.append(row)
+    blank = [""] * (len(headers) - 6)
+    if result.rest_peak_size or result.rest_retained_size:
+        rows.append(
+            [e("other " + WHAT[p.group_by]), "", n(result.rest_peak_size), "", n(result.rest_retained_size), "", *blank]
+        )
+    if result.outside_peak_size or result.outside_retained_size:
+        rows.append(
+            [
+                e(_outside(result)),
+                e("ipymem's own bookkeeping" if p.all_frames else "libraries, interpreter, ipymem: no frame of yours"),
+                n(result.outside_peak_size),
+                "",
+                n(result.outside_retained_size),
+                "",
+                *blank,
+            ]
+        )
+    total = [
+        "<b>Total</b>",
+        e(
+            f"Python heap peak {fmt_bytes(result.peak_increment, precision, sign=True)} above its start "
+            f"(exact); process RSS {fmt_bytes(result.rss_increment, precision, sign=True)} (after − before)"
+        ),
+        f"<b>{n(result.peak_increment)}</b>",
+        "",
+        f"<b>{n(result.retained, sign=True)}</b>",
+        "",
+        *blank,
+    ]
+    rows.append(total)
+    parts.append(table(headers, rows, numeric=numeric, caption=caption))
+    parts.append(notice(_scope(result), color="#555"))
+    for t in _totals(result, precision)[1:]:
+        parts.append(notice(t, color="#555"))
+    parts.append(
+        notice(
+            f"{PEAK_HEADER}: blocks allocated during the run and alive when the traced heap was highest; "
+            f"{RETAINED_HEADER}: still alive after the run and a garbage collection"
+            + (f"; {GROWTH_HEADER}: retained growth per run, ⚠ = grew in every run" if repeated else ""),
+            color="#555",
+        )
+    )
+    for s in _status(result):
+        parts.append(notice(s))
+    for t in result.notes:
+        parts.append(notice("note: " + t, color="#555"))
+    parts.append("</div>")
+    return "".join(parts)
