@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import random
+import re
 import signal
 import subprocess
 import sys
@@ -27,7 +28,7 @@ from IPython.core.error import UsageError
 from .conftest import _ipymem_threads, _state
 
 PACKAGE_DIR = str(Path(__file__).resolve().parent.parent / "ipymem")
-MAGICS = ["memit"]  # every magic that takes a statement; each is fuzzed the same way
+MAGICS = ["memit", "memtrace"]  # every magic that takes a statement; each is fuzzed the same way
 
 FLAGS = ["-r", "-t", "-i", "-c", "-o", "-q", "-v", "-n", "-d", "-g", "-f", "-T", "--heap", "--precision", "--all", "-x"]
 VALUES = ["0", "-1", "1", "3", "0.0", "1e-9", "1e308", "9" * 40, "nan", "inf", "x", "'a b'", '"', "$x", "{x}", "é", ""]
@@ -83,8 +84,11 @@ def test_fuzzed_input_gives_a_run_a_usage_error_or_the_users_exception(ip, magic
     ip.user_ns["sentinel"] = sentinel
     ip.user_ns["x"] = "x-value"
     before = _state()
-    # Repeats are the one knob that can make a fuzzed run take forever: bound them with a budget.
-    line = options + " -t 0.05 " if "-r" in options else options
+    # Repeats are the one knob that can make a fuzzed run take forever: bound them with %memit's
+    # time budget, and elsewhere replace huge numbers (huge -r is tested in its own test).
+    line = options
+    if "-r" in options:
+        line = options + " -t 0.05 " if magic == "memit" else re.sub(r"\d{3,}|1e308|inf", "2", options)
     try:
         if cell_mode:
             ip.cell(magic, line, stmt)
@@ -204,3 +208,11 @@ def test_another_trace_function_is_left_in_place(ip):
         assert sys.gettrace() is tracer
     finally:
         sys.settrace(None)
+
+
+def test_huge_repeat_counts_are_accepted_and_bounded_by_errors_or_budgets(ip):
+    r = ip.line("memit", "-q -o -r " + "9" * 40 + " -t 0.05 x = 1")
+    assert 1 <= len(r.runs) < 10**6 and r.timed_out
+    with pytest.raises(ZeroDivisionError):
+        ip.line("memtrace", "-q -v res -r " + "9" * 40 + " 1/0")
+    assert ip.user_ns["res"].outcome == "error"
