@@ -67,6 +67,7 @@ from ..models.alloc import (
     AllocParams,
     AllocResult,
 )
+from .interrupts import deferred_interrupts
 from .probes import Probe, shared_probe
 
 #: A snapshot is taken when the traced heap exceeds the last one by this much (bytes) ...
@@ -372,16 +373,23 @@ def alloctrace(
     watcher: _PeakWatcher | None = None
     runs = 0
     duration = 0.0
-    if not was_tracing:
-        tracemalloc.start(depth)
+    # Setup and teardown hold Ctrl-C (replayed as the user's interrupt with a report), so an
+    # interrupt never lands between starting and stopping tracemalloc.
+    with deferred_interrupts() as held:
+        if not was_tracing:
+            tracemalloc.start(depth)
     try:
-        if collect:
-            gc.collect()
-        if was_tracing:
-            before, before_outside = aggregate(tracemalloc.take_snapshot(), attribute)
-        tracemalloc.reset_peak()
-        heap_start = tracemalloc.get_traced_memory()[0]
-        rss_start = probe.rss()
+        with deferred_interrupts() as held_setup:
+            if collect:
+                gc.collect()
+            if was_tracing:
+                before, before_outside = aggregate(tracemalloc.take_snapshot(), attribute)
+            tracemalloc.reset_peak()
+            heap_start = tracemalloc.get_traced_memory()[0]
+            rss_start = probe.rss()
+        if held.received or held_setup.received:
+            error = KeyboardInterrupt()
+            repeat = 0
         if watch_peak:
             if sys.gettrace() is None:
                 watcher = _PeakWatcher(code, attribute, heap_start)
@@ -407,8 +415,11 @@ def alloctrace(
         heap_now, heap_peak = tracemalloc.get_traced_memory()
         rss_end = probe.rss()
     finally:
-        if not was_tracing:
-            tracemalloc.stop()
+        with deferred_interrupts() as held:
+            if not was_tracing:
+                tracemalloc.stop()
+        if held.received and error is None:
+            error = KeyboardInterrupt()
     if watcher is not None and watcher.snapshots and watcher.level > heap_now:
         peak_groups, peak_outside, observed = watcher.groups, watcher.outside, watcher.level
     else:
