@@ -13,7 +13,7 @@ from .models import MemitResult, MemitRun, Sample
 __version__ = "0.1.0"
 __all__ = ["MemitResult", "MemitRun", "Sample", "load_ipython_extension", "unload_ipython_extension"]
 
-_MAGIC_NAMES = {"line": ("memit",), "cell": ("memit",)}
+_MAGIC_NAMES = {"line": ("memit", "mprun"), "cell": ("memit", "mprun")}
 
 
 def load_ipython_extension(ipython: Any) -> None:

@@ -4,6 +4,7 @@ Nothing here imports IPython, ipywidgets or matplotlib; the engines take
 plain callables and return the plain results of :mod:`ipymem.models`.
 """
 
+from .linetrace import profile_lines  # noqa: F401 (re-exported)
 from .memit import memit
 from .probes import Probe, make_probe, shared_probe
 from .sampler import Sampler, Timeline

@@ -7,6 +7,7 @@ result has ``_repr_pretty_`` and ``_repr_html_``; rendering itself lives in
 :mod:`ipymem.render`, imported lazily so this package needs no IPython.
 """
 
+from .lines import FunctionProfile, LineStats, MprunParams, MprunResult  # noqa: F401 (re-exported)
 from .memit import ERROR, INTERRUPTED, MemitParams, MemitResult, MemitRun, Sample
 
 __all__ = ["ERROR", "INTERRUPTED", "MemitParams", "MemitResult", "MemitRun", "Sample"]

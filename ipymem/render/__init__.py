@@ -5,6 +5,7 @@ returns a string.  HTML is self-contained: inline styles, escaped user text,
 no script, so it survives notebook sanitising and nbconvert.
 """
 
+from .lines import mprun_html, mprun_text  # noqa: F401 (re-exported)
 from .memit import memit_html, memit_text
 
 __all__ = ["memit_html", "memit_text"]
