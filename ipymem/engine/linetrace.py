@@ -9,7 +9,8 @@ function already installed, and restoring it afterwards).
 The books
 ---------
 Memory is read at *line boundaries* (a line event, a call's entry, return,
-yield or resume), but not at every one: reading costs ~3 µs against ~0.1 µs
+yield or resume), always when entering profiled code from outside and when
+leaving it to the outside, but otherwise not at every boundary: reading costs ~3 µs against ~0.1 µs
 for a line event, so a boundary reads memory only when at least
 ``min_interval`` of run time has passed since the last reading.  Every
 boundary still gets a value, the last reading, so the books stay exact: a
@@ -376,7 +377,7 @@ class _Books:
         self._arm()
 
     def _enter(self, a: _Act) -> None:
-        if self._due():
+        if not self.stack or self._due():  # always read when entering profiled code from outside
             peak = self.read()
             top = self.top
             if top is not None and peak > top.lpeak:  # the window ran inside the caller's line
@@ -410,7 +411,7 @@ class _Books:
         if a is None:
             return None
         lpeak = a.lpeak
-        if self._due():
+        if len(self.stack) == 1 or self._due():  # always read when leaving profiled code to the outside
             peak = self.read()
             if peak > lpeak:
                 lpeak = peak
