@@ -635,6 +635,34 @@ class _MonitoringTracer:
         mon.free_tool_id(tool)
 
 
+class _ThreadWatch:
+    """Counts threads started while it is active, through :func:`threading.setprofile`.
+
+    A new thread calls the threading profile hook once as it starts; ours
+    counts it, then hands the thread the hook that was installed before (if
+    any), so nothing else changes for the thread.  The previous hook is
+    restored on exit.
+    """
+
+    def __init__(self) -> None:
+        self.started = 0
+        self._old: Any = None
+
+    def __enter__(self) -> _ThreadWatch:
+        self._old = old = getattr(threading, "_profile_hook", None)
+
+        def hook(frame: Any, event: str, arg: Any) -> Any:
+            self.started += 1
+            sys.setprofile(old)
+            return old(frame, event, arg) if old is not None else None
+
+        threading.setprofile(hook)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        threading.setprofile(self._old)
+
+
 # -- the entry point -------------------------------------------------------------------
 
 
@@ -699,11 +727,10 @@ def profile_lines(
                 if tracer == "monitoring":
                     raise RuntimeError("no free sys.monitoring tool id")
                 notes.append("all sys.monitoring tool ids are taken: fell back to sys.settrace (slower)")
-        threads_before = {t.ident for t in threading.enumerate()}
         books = _Books(stats, meter, int(min_interval * 1e9))
         active: Any = _MonitoringTracer(books, tool) if tool is not None else _SettraceTracer(books)
         t0 = time.perf_counter()
-        with active:
+        with _ThreadWatch() as threads, active:
             try:
                 func()
             except BaseException as exc:
@@ -715,11 +742,11 @@ def profile_lines(
             meter.close()
         if started_tracemalloc:
             tracemalloc.stop()
-    new_threads = [t for t in threading.enumerate() if t.ident not in threads_before]
-    if new_threads or books.foreign:
+    if threads.started or books.foreign:
         notes.append(
             "only the calling thread is profiled: threads started by the profiled code are not"
-            + (f" ({books.foreign} events from other threads ignored)" if books.foreign else "")
+            + (f" ({threads.started} started)" if threads.started else "")
+            + (f"; {books.foreign} events from other threads ignored" if books.foreign else "")
         )
     functions = tuple(_function_profile(st, label) for st in stats.values())
     never = [f.name for f in functions if f.calls == 0]
