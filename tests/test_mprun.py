@@ -274,7 +274,7 @@ def test_c_includes_children(ip):
 )
 def test_bad_f_is_a_usage_error_naming_what_was_given(ip, expr, said):
     define(ip, ALLOC + "\nthree = 3\n")
-    with pytest.raises(UsageError, match="expected|call|give") as info:
+    with pytest.raises(UsageError, match=r"expected|call|give") as info:
         ip.line("mprun", f"-f '{expr}' alloc(1)")
     assert said in str(info.value) and expr.strip() in str(info.value)
     assert ip.outputs == []

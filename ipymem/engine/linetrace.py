@@ -86,12 +86,17 @@ def code_of(obj: Any) -> CodeType:
     with ``functools.wraps`` (the wrapped function is profiled: its lines are
     the ones that matter).
     """
+    return _resolve(obj)[0]
+
+
+def _resolve(obj: Any) -> tuple[CodeType, str]:
+    """``(code, qualified name)`` for :func:`code_of`."""
     seen = 0
     current = obj
     while seen < 100:
         seen += 1
         if isinstance(current, CodeType):
-            return current
+            return current, getattr(current, "co_qualname", current.co_name)
         if isinstance(current, (staticmethod, classmethod)) or inspect.ismethod(current):
             current = current.__func__
             continue
@@ -104,7 +109,7 @@ def code_of(obj: Any) -> CodeType:
             continue
         code = getattr(current, "__code__", None)
         if inspect.isfunction(current) and isinstance(code, CodeType):
-            return code
+            return code, getattr(current, "__qualname__", code.co_name)
         break
     raise TypeError(
         f"{describe(obj)} is not a Python function; expected a function, method, generator or coroutine "
@@ -696,9 +701,10 @@ def profile_lines(
     (KeyboardInterrupt included) or ``None``; the caller re-raises it after
     showing ``result``.
     """
-    codes: dict[CodeType, None] = {}
+    codes: dict[CodeType, str] = {}
     for target in targets:
-        codes.setdefault(code_of(target), None)
+        code, qualname = _resolve(target)
+        codes.setdefault(code, qualname)
     if not codes:
         raise ValueError("nothing to profile: give at least one function or code object")
     if tracer not in ("auto", "monitoring", "settrace"):
@@ -748,7 +754,7 @@ def profile_lines(
             + (f" ({threads.started} started)" if threads.started else "")
             + (f"; {books.foreign} events from other threads ignored" if books.foreign else "")
         )
-    functions = tuple(_function_profile(st, label) for st in stats.values())
+    functions = tuple(_function_profile(st, label, codes[code]) for code, st in stats.items())
     never = [f.name for f in functions if f.calls == 0]
     if never:
         notes.append("never called: " + ", ".join(never))
@@ -789,7 +795,7 @@ def _code_lines(code: CodeType) -> set[int]:
     return lines
 
 
-def _function_profile(st: _Stats, label: Callable[[str], str] | None) -> FunctionProfile:
+def _function_profile(st: _Stats, label: Callable[[str], str] | None, name: str) -> FunctionProfile:
     code = st.code
     filename = code.co_filename
     source = linecache.getlines(filename)
@@ -798,7 +804,6 @@ def _function_profile(st: _Stats, label: Callable[[str], str] | None) -> Functio
     spans = _code_lines(code) | executed
     first = code.co_firstlineno
     last = max(spans, default=first)
-    name = getattr(code, "co_qualname", code.co_name)
     if code.co_name == "<module>":  # a cell body or a script: all of it
         first, last, name = 1, max(last, len(source)), "(cell body)"
     lines: list[LineStats] = []
