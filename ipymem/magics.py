@@ -219,7 +219,7 @@ class MemoryMagics(Magics):
         up to its memory at return minus at entry), Peak (the highest memory
         while the line ran, above its start), Occurrences.  Comprehensions,
         lambdas and nested functions count on the line that contains them.
-        Memory is read at line boundaries at most every ~20 µs of run time
+        Memory is read at line boundaries at most every ~50 µs of run time
         (the books stay exact; peaks come from the kernel's high-water mark),
         so profiled code runs a few times slower, not hundreds.  Only the
         calling thread is profiled.

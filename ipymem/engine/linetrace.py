@@ -19,7 +19,7 @@ summed over its occurrences, and the increments of a function add up to its
 value at return minus its value at entry, per call, summed.  What a skipped
 reading would have shown is seen at the next one and goes to the line that
 ends that stretch; the stretch lasted less than ``min_interval`` (default
-20 µs, or 10 times the cost of a reading if that is more), and memory cannot
+50 µs, or 20 times the cost of a reading if that is more), and memory cannot
 grow faster than pages are faulted in (~9 KiB/µs), so the error is bounded
 and in practice nil.
 
@@ -66,7 +66,7 @@ except ImportError:  # pragma: no cover - Windows
 
 MONITORING = "sys.monitoring"
 SETTRACE = "sys.settrace"
-DEFAULT_MIN_INTERVAL = 20e-6
+DEFAULT_MIN_INTERVAL = 50e-6
 
 _GEN_FLAGS = inspect.CO_GENERATOR | inspect.CO_COROUTINE | inspect.CO_ASYNC_GENERATOR
 _SUSPEND_OPS = {dis.opmap[n] for n in ("YIELD_VALUE", "YIELD_FROM") if n in dis.opmap}
@@ -691,7 +691,7 @@ def profile_lines(
     ``backend`` is ``'rss'`` (process RSS, peaks from the kernel high-water
     mark where available) or ``'heap'`` (Python heap by tracemalloc, started
     for the run if it was off).  ``min_interval`` is the time gate in seconds
-    (``0`` reads memory at every boundary; ``None`` picks 20 µs or ten
+    (``0`` reads memory at every boundary; ``None`` picks 50 µs or twenty
     readings' cost, whichever is larger).  ``tracer`` is ``'auto'``,
     ``'monitoring'`` or ``'settrace'``.  ``label`` maps a code object's file
     name to what the report shows (``Cell In[5]``).  ``meter`` overrides the
@@ -722,7 +722,7 @@ def profile_lines(
         if own_meter:
             meter = make_meter(backend, include_children, probe)
         if min_interval is None:
-            min_interval = max(DEFAULT_MIN_INTERVAL, 10 * _read_cost(meter))
+            min_interval = max(DEFAULT_MIN_INTERVAL, 20 * _read_cost(meter))
         if min_interval < 0:
             raise ValueError(f"min_interval must be 0 or more, got {min_interval}")
         stats = {code: _Stats(code) for code in codes}
