@@ -8,6 +8,10 @@ plumbing shared by all magics in :mod:`ipymem.shell`.
 from __future__ import annotations
 
 import ast
+import asyncio
+import dataclasses
+import functools
+import threading
 from typing import Any
 
 from IPython.core.error import UsageError
@@ -44,6 +48,19 @@ MEMIT_OPTS = (
 )
 
 MPRUN_TAIL = "statement"
+
+
+def _in_thread(profile: Any) -> Any:
+    """Run ``profile()`` in a helper thread (top-level ``await`` under a busy kernel loop); returns its result."""
+    out: list[Any] = []
+    thread = threading.Thread(target=lambda: out.append(profile()), name="ipymem-async", daemon=True)
+    thread.start()
+    thread.join()
+    if not out:
+        raise RuntimeError("%mprun: the profiling thread failed")
+    result, error = out[0]
+    note = "top-level await ran on a fresh event loop in a helper thread (the kernel's loop is running this cell)"
+    return dataclasses.replace(result, notes=(*result.notes, note)), error
 
 
 def _backend(text: str) -> str:
@@ -117,10 +134,16 @@ class MemoryMagics(Magics):
             statement = f"{args.rest}\n{cell}" if args.rest else cell
             require_statement("mprun", statement, MPRUN_OPTS, MPRUN_TAIL)
         targets = [self._function(expr) for expr in args.f]
-        run, _ = compile_user_code(self.shell, statement)
+        try:
+            run, _ = compile_user_code(self.shell, statement)
+        except SyntaxError as exc:
+            if "await" not in str(exc) and "async" not in str(exc):
+                raise
+            run = self._compile_top_level_await(statement)
         if not targets:  # %%mprun without -f: the cell body itself, line by line
             targets = [run.code]
-        result, error = profile_lines(
+        profile = functools.partial(
+            profile_lines,
             run,
             targets,
             backend=args.backend,
@@ -128,12 +151,49 @@ class MemoryMagics(Magics):
             statement=statement,
             label=self._label,
         )
+        result, error = profile() if not getattr(run, "in_thread", False) else _in_thread(profile)
         if args.T:
             with open(args.T, "w", encoding="utf-8") as out:
                 out.write(mprun_text(result, args.precision) + "\n")
             if not args.q:
                 print(f"*** Profile printout saved to text file {args.T}")
         return self._finish(result, error, args, mprun_text, mprun_html)
+
+    def _compile_top_level_await(self, source: str) -> Any:
+        """Compile a statement or cell with top-level ``await``; its ``run()`` drives the coroutine.
+
+        Where no event loop runs in this thread (terminal IPython, a plain
+        shell) the coroutine runs on IPython's own loop runner, in this
+        thread.  Under a kernel whose loop is busy running this very cell, it
+        runs on a fresh event loop in a helper thread, which is then the
+        thread profiled (``run.in_thread``).
+        """
+        shell = self.shell
+        transformed = shell.transform_cell(source)
+        filename = shell.compile.cache(transformed, getattr(shell, "execution_count", 0), source)
+        tree = shell.transform_ast(shell.compile.ast_parse(transformed, filename=filename))
+        flags = shell.compile.flags | ast.PyCF_ALLOW_TOP_LEVEL_AWAIT
+        code = compile(tree, filename, "exec", flags=flags, dont_inherit=True)
+        user_global_ns, user_ns = shell.user_global_ns, shell.user_ns
+        try:
+            asyncio.get_running_loop()
+            busy = True
+        except RuntimeError:
+            busy = False
+
+        def run() -> None:
+            __tracebackhide__ = True
+            coro = eval(code, user_global_ns, user_ns)
+            if coro is None:  # nothing was awaited after all
+                return
+            if busy:
+                asyncio.run(coro)
+            else:
+                shell.loop_runner(coro)
+
+        run.code = code  # type: ignore[attr-defined]
+        run.in_thread = busy  # type: ignore[attr-defined]
+        return run
 
     def _function(self, expr: str) -> Any:
         """Evaluate one ``-f`` expression in the user's namespace; ``UsageError`` unless it names Python code."""

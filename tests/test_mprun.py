@@ -379,3 +379,39 @@ def test_unload_removes_mprun(ip):
     assert "mprun" not in ip.magics_manager.magics["line"]
     assert "mprun" not in ip.magics_manager.magics["cell"]
     ip.run_line_magic("load_ext", "ipymem")
+
+
+def test_cell_with_top_level_await_profiles_the_cell_body(ip):
+    r = ip.cell(
+        "mprun",
+        "-q -o",
+        "import asyncio\nawait asyncio.sleep(0)\nbuf = bytearray(1000)\nawait asyncio.sleep(0)\ndone = len(buf)\n",
+    )
+    lines = [line for line in r.functions[0].lines if line.executed]
+    assert [line.source for line in lines] == [
+        "import asyncio",
+        "await asyncio.sleep(0)",
+        "buf = bytearray(1000)",
+        "await asyncio.sleep(0)",
+        "done = len(buf)",
+    ]
+    assert all(line.occurrences == 1 for line in lines)
+    assert ip.user_ns["done"] == 1000
+
+
+def test_coroutine_function_awaited_from_a_cell_with_top_level_await(ip):
+    define(
+        ip,
+        """
+        import asyncio
+        async def fetch(n):
+            await asyncio.sleep(0)
+            data = bytearray(n)
+            return len(data)
+        """,
+    )
+    r = ip.cell("mprun", "-q -o -f fetch", "out = await fetch(1000)\n")
+    f = r.function("fetch")
+    assert f.calls == 1
+    assert [line.occurrences for line in f.lines if line.executed] == [1, 1, 1]
+    assert ip.user_ns["out"] == 1000
