@@ -24,7 +24,8 @@ def run_notebook(*sources: str):
 def test_kernel_html_cell_name_and_top_level_await():
     nb = run_notebook(
         "%load_ext ipymem",
-        "import asyncio\nasync def fetch(n):\n    await asyncio.sleep(0)\n    data = bytearray(n)\n    return len(data)",
+        "import asyncio\n"
+        "async def fetch(n):\n    await asyncio.sleep(0)\n    data = bytearray(n)\n    return len(data)",
         "%%mprun -f fetch\nout = await fetch(2**20)",
         "out",
     )
