@@ -220,3 +220,24 @@ def test_engine_imports_no_ipython():
     code = "import sys, ipymem.engine.linetrace; print(sorted(m for m in sys.modules if m.startswith('IPython')))"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"
+
+
+# fmt: off
+def multiline(n):
+    x = dict(
+        a=n,
+        b=[i for i in
+           range(n)],
+    )
+    y = (x["a"] +
+         len(x["b"]))
+    return y
+# fmt: on
+
+
+@pytest.mark.parametrize("tracer", TRACERS)
+def test_multi_line_statements_count_once_on_their_first_line(tracer):
+    m = FakeMeter()
+    r, _ = profile_lines(lambda: multiline(10), [multiline], meter=m, min_interval=0, tracer=tracer)
+    executed = [(line.lineno - multiline.__code__.co_firstlineno, line.occurrences) for line in r.functions[0].lines]
+    assert [e for e in executed if e[1]] == [(1, 1), (6, 1), (8, 1)]

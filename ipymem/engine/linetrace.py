@@ -41,6 +41,7 @@ Only the calling thread is profiled.  This module knows nothing of IPython.
 
 from __future__ import annotations
 
+import ast
 import contextlib
 import dis
 import functools
@@ -48,6 +49,7 @@ import inspect
 import linecache
 import os
 import sys
+import textwrap
 import threading
 import time
 import tracemalloc
@@ -256,7 +258,20 @@ class _Stats:
     were entered since (their "memory after" is the value of that stretch).
     """
 
-    __slots__ = ("after", "calls", "code", "count", "first", "fresh", "inc", "last", "peak", "snap", "top_peak")
+    __slots__ = (
+        "after",
+        "calls",
+        "code",
+        "count",
+        "first",
+        "fresh",
+        "inc",
+        "last",
+        "lmap",
+        "peak",
+        "snap",
+        "top_peak",
+    )
 
     def __init__(self, code: CodeType) -> None:
         self.code = code
@@ -265,6 +280,8 @@ class _Stats:
         self.first, self.last = min(lines), max(lines)
         self.count = [0] * (self.last + 1)
         self.snap = [0] * (self.last + 1)
+        #: physical line -> first line of its statement (None when every statement is on one line)
+        self.lmap = _statement_map(code, self.last)
         self.inc: dict[int, int] = {}
         self.peak: dict[int, int] = {}
         self.after: dict[int, int] = {}
@@ -312,6 +329,12 @@ class _Books:
         self.foreign = 0  # events from other threads, ignored
         self.code: CodeType | None = None
         self.count: list[int] = []
+        # Multi-line statements: events of their continuation lines are folded onto the first line.
+        self.mapped = any(st.lmap is not None for st in self.all_stats)
+        for st in self.all_stats:
+            if st.lmap is None and self.mapped:
+                st.lmap = list(range(st.last + 1))
+        self.lmap: list[int] = []
         self.cur: int | None = None
         self.deadline = 0
 
@@ -366,6 +389,8 @@ class _Books:
         a = self.top
         if a is None or a.code is not code:
             return
+        if self.mapped and line < len(self.lmap):
+            line = self.lmap[line]
         cur = self.cur
         if line == cur:
             return
@@ -394,6 +419,7 @@ class _Books:
         self.top = a
         self.code = a.code
         self.count = a.stats.count
+        self.lmap = a.stats.lmap
         self.cur = a.line
 
     def start(self, stats: _Stats) -> None:
@@ -434,9 +460,9 @@ class _Books:
         if top is not None:
             if high > top.lpeak:
                 top.lpeak = high
-            self.code, self.count, self.cur = top.code, top.stats.count, top.line
+            self.code, self.count, self.cur, self.lmap = top.code, top.stats.count, top.line, top.stats.lmap
         else:
-            self.code, self.count, self.cur = None, [], None
+            self.code, self.count, self.cur, self.lmap = None, [], None, []
         self._arm()
         return a
 
@@ -448,6 +474,48 @@ class _Books:
 
 
 # -- the tracers -------------------------------------------------------------------
+
+
+def _statement_map(code: CodeType, last: int) -> list[int] | None:
+    """Map each physical line of ``code`` to the first line of the statement it belongs to.
+
+    A statement spanning lines (a call with one argument per line, a
+    comprehension over two lines) emits line events for each of them; folding
+    them onto the statement's first line keeps a multi-line comprehension's
+    iterations from counting as occurrences.  Compound statements map only
+    their header.  ``None`` when every statement fits on one line, or when
+    the source cannot be parsed (then events stay per physical line).
+    """
+    lines = linecache.getlines(code.co_filename)
+    if not lines:
+        return None
+    if code.co_name == "<module>":
+        offset, block = 0, lines
+    else:
+        offset = code.co_firstlineno - 1
+        try:
+            block = inspect.getblock(lines[offset:])
+        except Exception:
+            return None
+    try:
+        tree = ast.parse(textwrap.dedent("".join(block)))
+    except (SyntaxError, ValueError):
+        return None
+    mapping = list(range(max(last, offset + len(block)) + 1))
+    changed = False
+    for node in ast.walk(tree):
+        if not isinstance(node, ast.stmt):
+            continue
+        body = getattr(node, "body", None)
+        if isinstance(body, list) and body and isinstance(body[0], ast.stmt):
+            end = max(node.lineno, body[0].lineno - 1)  # the header of a compound statement
+        else:
+            end = node.end_lineno or node.lineno
+        for line in range(node.lineno + 1, end + 1):
+            if line + offset < len(mapping):
+                mapping[line + offset] = node.lineno + offset
+                changed = True
+    return mapping if changed else None
 
 
 def _fresh_lasti(code: CodeType) -> int:
@@ -489,17 +557,21 @@ class _SettraceTracer:
         tracer = self
         ns = time.perf_counter_ns
 
+        mapped = b.mapped
+
         def local(frame: Any, event: str, arg: Any) -> Any:
             if event == "line":
                 line = frame.f_lineno
                 if frame.f_code is b.code:
+                    if mapped:
+                        line = b.lmap[line]
                     if line == b.cur:
                         return local
                     if ns() < b.deadline:
                         b.count[line] += 1
                         b.cur = line
                         return local
-                b.line_slow(frame.f_code, line)
+                b.line_slow(frame.f_code, frame.f_lineno)
                 return local
             if not tracer.active:
                 return None
@@ -579,6 +651,20 @@ class _MonitoringTracer:
                 return
             b.line_slow(code, line)
 
+        def on_line_mapped(code: CodeType, line: int) -> None:
+            if code is b.code:
+                line = b.lmap[line]
+                if line == b.cur:
+                    return
+                if ns() < b.deadline:
+                    b.count[line] += 1
+                    b.cur = line
+                    return
+            if get_ident() != tid:
+                b.foreign += 1
+                return
+            b.line_slow(code, line)
+
         def on_start(code: CodeType, offset: int) -> None:
             if get_ident() != tid:
                 b.foreign += 1
@@ -606,7 +692,7 @@ class _MonitoringTracer:
         mon.use_tool_id(tool, "ipymem")
         try:
             callbacks = {
-                ev.LINE: on_line,
+                ev.LINE: on_line_mapped if b.mapped else on_line,
                 ev.PY_START: on_start,
                 ev.PY_RESUME: on_resume,
                 ev.PY_THROW: on_resume,
