@@ -415,3 +415,23 @@ def test_coroutine_function_awaited_from_a_cell_with_top_level_await(ip):
     assert f.calls == 1
     assert [line.occurrences for line in f.lines if line.executed] == [1, 1, 1]
     assert ip.user_ns["out"] == 1000
+
+
+@pytest.mark.skipif(not hasattr(os, "kill") or sys.platform == "win32", reason="needs POSIX signals")
+@pytest.mark.parametrize("delay", [0.05, 0.15, 0.3])
+def test_real_ctrl_c_during_a_profiled_loop(ip, delay):
+    import signal
+    import threading
+
+    define(ip, "def spin():\n    n = 0\n    while True:\n        n += 1\n        x = [n] * 10\n")
+    timer = threading.Timer(delay, os.kill, (os.getpid(), signal.SIGINT))
+    timer.start()
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            ip.line("mprun", "-v r -f spin spin()")
+    finally:
+        timer.join()
+    r = ip.user_ns["r"]
+    assert r.outcome == "interrupted"
+    assert lines_of(r, "spin")["n += 1"].occurrences > 0
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler

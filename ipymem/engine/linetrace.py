@@ -48,6 +48,7 @@ import functools
 import inspect
 import linecache
 import os
+import signal
 import sys
 import textwrap
 import threading
@@ -715,15 +716,44 @@ class _MonitoringTracer:
     def __exit__(self, *exc: object) -> None:
         mon = sys.monitoring
         tool = self.tool
-        with contextlib.suppress(ValueError):
-            mon.set_events(tool, 0)
-        for code in self.books.stats:
+        try:
             with contextlib.suppress(ValueError):
-                mon.set_local_events(tool, code, 0)
-        for event in self.registered:
-            mon.register_callback(tool, event, None)
-        self.registered.clear()
-        mon.free_tool_id(tool)
+                mon.set_events(tool, 0)
+            for code in self.books.stats:
+                with contextlib.suppress(ValueError):
+                    mon.set_local_events(tool, code, 0)
+            for event in self.registered:
+                mon.register_callback(tool, event, None)
+            self.registered.clear()
+        finally:
+            mon.free_tool_id(tool)
+
+
+class _SigintGuard:
+    """Records SIGINT instead of raising it while ipymem restores the session (main thread only)."""
+
+    def __init__(self) -> None:
+        self.hit = False
+        self._old: Any = None
+        self._on = False
+
+    def start(self) -> None:
+        if threading.current_thread() is not threading.main_thread():
+            return
+
+        def record(signum: int, frame: Any) -> None:
+            self.hit = True
+
+        try:
+            self._old = signal.signal(signal.SIGINT, record)
+        except (ValueError, TypeError, OSError):
+            return
+        self._on = True
+
+    def stop(self) -> None:
+        if self._on:
+            self._on = False
+            signal.signal(signal.SIGINT, self._old)
 
 
 class _ThreadWatch:
@@ -822,13 +852,20 @@ def profile_lines(
         books = _Books(stats, meter, int(min_interval * 1e9))
         active: Any = _MonitoringTracer(books, tool) if tool is not None else _SettraceTracer(books)
         t0 = time.perf_counter()
-        with _ThreadWatch() as threads, active:
-            try:
-                func()
-            except BaseException as exc:
-                error = exc
-        duration = time.perf_counter() - t0
-        books.finish()
+        guard = _SigintGuard()
+        try:
+            with _ThreadWatch() as threads, active:
+                try:
+                    func()
+                except BaseException as exc:
+                    error = exc
+                guard.start()  # from here on, Ctrl-C is recorded and acted on once the session is restored
+            duration = time.perf_counter() - t0
+            books.finish()
+        finally:
+            guard.stop()
+        if guard.hit and error is None:
+            error = KeyboardInterrupt()
     finally:
         if own_meter and meter is not None:
             meter.close()
