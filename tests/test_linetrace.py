@@ -241,3 +241,32 @@ def test_multi_line_statements_count_once_on_their_first_line(tracer):
     r, _ = profile_lines(lambda: multiline(10), [multiline], meter=m, min_interval=0, tracer=tracer)
     executed = [(line.lineno - multiline.__code__.co_firstlineno, line.occurrences) for line in r.functions[0].lines]
     assert [e for e in executed if e[1]] == [(1, 1), (6, 1), (8, 1)]
+
+
+def test_portable_meter_via_psutil_and_the_heap_meter():
+    """The psutil fallback (no high-water mark: peaks from the readings) and tracemalloc, with real memory."""
+    import tracemalloc
+
+    from ipymem.engine.linetrace import make_meter
+    from ipymem.engine.probes import make_probe
+
+    def grow(n):
+        a = bytearray(n)
+        b = len(a)
+        del a
+        return b
+
+    probe = make_probe("psutil")
+    meter = make_meter("rss", probe=probe)
+    assert "psutil" in meter.method
+    r, _ = profile_lines(lambda: grow(64 * 2**20), [grow], meter=meter, min_interval=0)
+    lines = by_line(r, grow)
+    assert 60 * 2**20 < lines[1].increment < 70 * 2**20
+    assert -70 * 2**20 < lines[3].increment < -60 * 2**20
+    assert r.params.memory_method == meter.method
+
+    r, _ = profile_lines(lambda: grow(8 * 2**20), [grow], backend="heap", min_interval=0)
+    assert not tracemalloc.is_tracing()
+    lines = by_line(r, grow)
+    assert 8 * 2**20 <= lines[1].increment < 9 * 2**20 and lines[3].increment < -7.9 * 2**20
+    assert r.params.metric == "Python heap"
