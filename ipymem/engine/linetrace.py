@@ -241,11 +241,15 @@ def make_meter(backend: str = "rss", include_children: bool = False, probe: Prob
     return _ChildrenMeter(meter, probe) if include_children else meter
 
 
-def _read_cost(meter: Any, n: int = 30) -> float:
-    t0 = time.perf_counter()
-    for _ in range(n):
-        meter.read()
-    return (time.perf_counter() - t0) / n
+def _read_cost(meter: Any, n: int = 10, batches: int = 3) -> float:
+    """Seconds per reading: the best of a few batches (other processes make single timings noisy)."""
+    best = float("inf")
+    for _ in range(batches):
+        t0 = time.perf_counter()
+        for _ in range(n):
+            meter.read()
+        best = min(best, (time.perf_counter() - t0) / n)
+    return best
 
 
 # -- the books ---------------------------------------------------------------------
@@ -544,12 +548,22 @@ def _is_suspension(frame: Any) -> bool:
 
 
 class _SettraceTracer:
+    """``sys.settrace`` (before 3.12, or when no monitoring tool id is free).
+
+    While a trace function is set, every bytecode the interpreter runs takes
+    its slow path, the tracer's own included, so the per-line path here is
+    as short as Python allows: the top activation's hot state is copied into
+    closure variables (:func:`pull` after anything the books change) and a
+    line event that needs no reading touches nothing else.
+    """
+
     name = SETTRACE
 
     def __init__(self, books: _Books) -> None:
         self.books = books
         self.active = False
         self.old: Any = None
+        self._push: Callable[[], None] = lambda: None
 
     def __enter__(self) -> _SettraceTracer:
         b = self.books
@@ -557,27 +571,40 @@ class _SettraceTracer:
         self.old = old = sys.gettrace()
         tracer = self
         ns = time.perf_counter_ns
-
         mapped = b.mapped
+        count, cur, deadline, lmap = b.count, b.cur, b.deadline, b.lmap
+
+        def pull() -> None:
+            nonlocal count, cur, deadline, lmap
+            count, cur, deadline, lmap = b.count, b.cur, b.deadline, b.lmap
+
+        def push() -> None:
+            b.cur = cur
+
+        self._push = push
 
         def local(frame: Any, event: str, arg: Any) -> Any:
+            nonlocal cur
             if event == "line":
                 line = frame.f_lineno
-                if frame.f_code is b.code:
-                    if mapped:
-                        line = b.lmap[line]
-                    if line == b.cur:
-                        return local
-                    if ns() < b.deadline:
-                        b.count[line] += 1
-                        b.cur = line
-                        return local
+                if mapped:
+                    line = lmap[line]
+                if line == cur:
+                    return local
+                if ns() < deadline:
+                    count[line] += 1
+                    cur = line
+                    return local
+                b.cur = cur
                 b.line_slow(frame.f_code, frame.f_lineno)
+                pull()
                 return local
             if not tracer.active:
                 return None
             if event == "return" and frame.f_code is b.code:
+                b.cur = cur
                 a = b.leave()
+                pull()
                 if a is not None and frame.f_code.co_flags & _GEN_FLAGS and _is_suspension(frame):
                     b.suspended[id(frame)] = a
             return local
@@ -600,11 +627,13 @@ class _SettraceTracer:
             st = stats.get(code)
             if st is None or not tracer.active:
                 return old_local
+            b.cur = cur
             if code.co_flags & _GEN_FLAGS and frame.f_lasti > st.fresh:  # a generator resumed
                 saved = b.suspended.pop(id(frame), None)
                 b.resume(saved if saved is not None and saved.code is code else None, st)
             else:
                 b.start(st)
+            pull()
             return local if old_local is None else chain(old_local)
 
         self.active = True
@@ -614,6 +643,7 @@ class _SettraceTracer:
     def __exit__(self, *exc: object) -> None:
         self.active = False
         sys.settrace(self.old)
+        self._push()  # the books close what is still open with the line that was running
 
 
 def _free_tool_id() -> int | None:
