@@ -309,6 +309,8 @@ def test_keyboard_interrupt_is_marked_and_reraised(ip):
 
 
 def test_threads_started_by_the_profiled_code_are_not_profiled_and_it_says_so(ip):
+    import threading
+
     define(
         ip,
         """
@@ -323,9 +325,11 @@ def test_threads_started_by_the_profiled_code_are_not_profiled_and_it_says_so(ip
             return inner()
         """,
     )
+    hook = getattr(threading, "_profile_hook", None)
     r = ip.line("mprun", "-q -o -f inner -f starter starter()")
     assert r.function("inner").calls == 1  # the calling thread's call only
-    assert any("only the calling thread" in n for n in r.notes)
+    assert any("only the calling thread" in n and "1 started" in n for n in r.notes)
+    assert getattr(threading, "_profile_hook", None) is hook  # threading's hook restored
 
 
 def test_coroutine_function_awaited(ip):
