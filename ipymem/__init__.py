@@ -14,7 +14,7 @@ from .models import MemitResult, MemitRun, Sample
 __version__ = "0.1.0"
 __all__ = ["MemitResult", "MemitRun", "Sample", "load_ipython_extension", "memit", "unload_ipython_extension"]
 
-_MAGIC_NAMES = {"line": ("memit", "memtrace"), "cell": ("memit", "memtrace")}
+_MAGIC_NAMES = {"line": ("memit", "mprun", "memtrace"), "cell": ("memit", "mprun", "memtrace")}
 
 
 def load_ipython_extension(ipython: Any) -> None:

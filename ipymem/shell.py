@@ -212,6 +212,7 @@ def compile_user_code(shell: Any, source: str) -> tuple[Callable[[], None], str]
         __tracebackhide__ = True
         exec(code, user_global_ns, user_ns)
 
+    run.code = code  # type: ignore[attr-defined]  # for %%mprun, which profiles the cell body itself
     return run, filename
 
 

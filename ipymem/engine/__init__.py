@@ -5,8 +5,9 @@ plain callables and return the plain results of :mod:`ipymem.models`.
 """
 
 from .alloctrace import alloctrace
+from .linetrace import profile_lines
 from .memit import memit
 from .probes import Probe, make_probe, shared_probe
 from .sampler import Sampler, Timeline
 
-__all__ = ["Probe", "Sampler", "Timeline", "alloctrace", "make_probe", "memit", "shared_probe"]
+__all__ = ["Probe", "Sampler", "Timeline", "alloctrace", "make_probe", "memit", "profile_lines", "shared_probe"]

@@ -8,6 +8,7 @@ result has ``_repr_pretty_`` and ``_repr_html_``; rendering itself lives in
 """
 
 from .alloc import AllocEntry, AllocFrame, AllocParams, AllocResult
+from .lines import FunctionProfile, LineStats, MprunParams, MprunResult
 from .memit import ERROR, INTERRUPTED, MemitParams, MemitResult, MemitRun, Sample
 
 __all__ = [
@@ -17,8 +18,12 @@ __all__ = [
     "AllocFrame",
     "AllocParams",
     "AllocResult",
+    "FunctionProfile",
+    "LineStats",
     "MemitParams",
     "MemitResult",
     "MemitRun",
+    "MprunParams",
+    "MprunResult",
     "Sample",
 ]

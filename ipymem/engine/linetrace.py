@@ -1,0 +1,986 @@
+"""Memory line by line: which line of a function costs memory.
+
+:func:`profile_lines` runs a callable while line events of the chosen code
+objects (and only those) are observed: ``sys.monitoring`` on Python 3.12+
+(local events on the profiled code objects, a registered tool id),
+``sys.settrace`` before that or when no tool id is free (chaining any trace
+function already installed, and restoring it afterwards).
+
+The books
+---------
+Memory is read at *line boundaries* (a line event, a call's entry, return,
+yield or resume), always when entering profiled code from outside and when
+leaving it to the outside, but otherwise not at every boundary: reading costs ~3 µs against ~0.1 µs
+for a line event, so a boundary reads memory only when at least
+``min_interval`` of run time has passed since the last reading.  Every
+boundary still gets a value, the last reading, so the books stay exact: a
+line's increment is the value at its end minus the value at its start,
+summed over its occurrences, and the increments of a function add up to its
+value at return minus its value at entry, per call, summed.  What a skipped
+reading would have shown is seen at the next one and goes to the line that
+ends that stretch; the stretch lasted less than ``min_interval`` (default
+50 µs, or 20 times the cost of a reading if that is more), and memory cannot
+grow faster than pages are faulted in (~9 KiB/µs), so the error is bounded
+and in practice nil.
+
+Peaks lose nothing to the gate: each reading also takes the kernel's
+high-water mark since the previous reading (``ru_maxrss`` after a reset
+through ``/proc/self/clear_refs``), or tracemalloc's peak for the heap
+backend.  A window's peak goes to the line that ends it and to the lines of
+the callers that contain it (a call's peak is merged into its caller's
+current line when it returns or yields).
+
+Occurrences count how often control *entered* a line: repeated events of
+the same line (a one-line loop, an inlined comprehension on 3.12+) are
+coalesced, and nested code objects (comprehensions before 3.12, lambdas,
+generator expressions, nested functions) are not traced at all, so their
+cost lands on the line that contains them.
+
+Only the calling thread is profiled.  This module knows nothing of IPython.
+"""
+
+from __future__ import annotations
+
+import ast
+import contextlib
+import dis
+import functools
+import inspect
+import linecache
+import os
+import signal
+import sys
+import textwrap
+import threading
+import time
+import tracemalloc
+from collections.abc import Callable, Iterable, Sequence
+from types import CodeType
+from typing import Any
+
+from ..models import ERROR, INTERRUPTED
+from ..models.lines import FunctionProfile, LineStats, MprunParams, MprunResult
+from .probes import Probe, shared_probe
+
+try:  # POSIX only
+    import resource
+except ImportError:  # pragma: no cover - Windows
+    resource = None  # type: ignore[assignment]
+
+MONITORING = "sys.monitoring"
+SETTRACE = "sys.settrace"
+DEFAULT_MIN_INTERVAL = 50e-6
+
+_GEN_FLAGS = inspect.CO_GENERATOR | inspect.CO_COROUTINE | inspect.CO_ASYNC_GENERATOR
+_SUSPEND_OPS = {dis.opmap[n] for n in ("YIELD_VALUE", "YIELD_FROM") if n in dis.opmap}
+_RESUME_OP = dis.opmap.get("RESUME")
+_LOAD_CONST = dis.opmap["LOAD_CONST"]
+
+
+# -- what to profile -------------------------------------------------------------
+
+
+def code_of(obj: Any) -> CodeType:
+    """The code object to profile for ``obj``; ``TypeError`` saying what was given otherwise.
+
+    Accepts code objects, functions (generator, coroutine and async
+    generator functions included), bound methods, ``staticmethod`` /
+    ``classmethod`` objects, ``functools.partial`` objects and wrappers made
+    with ``functools.wraps`` (the wrapped function is profiled: its lines are
+    the ones that matter).
+    """
+    return _resolve(obj)[0]
+
+
+def _resolve(obj: Any) -> tuple[CodeType, str]:
+    """``(code, qualified name)`` for :func:`code_of`."""
+    seen = 0
+    current = obj
+    while seen < 100:
+        seen += 1
+        if isinstance(current, CodeType):
+            return current, getattr(current, "co_qualname", current.co_name)
+        if isinstance(current, (staticmethod, classmethod)) or inspect.ismethod(current):
+            current = current.__func__
+            continue
+        if isinstance(current, functools.partial):
+            current = current.func
+            continue
+        wrapped = getattr(current, "__wrapped__", None) if inspect.isfunction(current) else None
+        if wrapped is not None and wrapped is not current:
+            current = wrapped
+            continue
+        code = getattr(current, "__code__", None)
+        if inspect.isfunction(current) and isinstance(code, CodeType):
+            return code, getattr(current, "__qualname__", code.co_name)
+        break
+    raise TypeError(
+        f"{describe(obj)} is not a Python function; expected a function, method, generator or coroutine "
+        "function defined in Python (in a module or a cell)"
+    )
+
+
+def describe(obj: Any) -> str:
+    """A short human description of ``obj`` for error messages."""
+    if inspect.isbuiltin(obj):
+        return f"{getattr(obj, '__qualname__', obj)!s} (a built-in function)"
+    if isinstance(obj, type):
+        return f"{obj.__qualname__} (a class)"
+    kind = type(obj).__name__
+    text = repr(obj)
+    if len(text) > 60:
+        text = text[:57] + "..."
+    return f"{text} (a {kind})"
+
+
+# -- memory meters: (value, peak since the previous reading) ----------------------------
+
+
+class _ProcfsMeter:
+    """Linux: RSS from a kept-open ``statm``; window peak from ``ru_maxrss``, reset via ``clear_refs``."""
+
+    method = "RSS from /proc/self/statm, peaks from the kernel high-water mark"
+
+    def __init__(self) -> None:
+        if resource is None:
+            raise OSError("no getrusage")
+        self._page = os.sysconf("SC_PAGE_SIZE")
+        self._statm = os.open("/proc/self/statm", os.O_RDONLY)
+        try:
+            self._clear = os.open("/proc/self/clear_refs", os.O_WRONLY)
+        except OSError:
+            os.close(self._statm)
+            raise
+        try:
+            os.write(self._clear, b"5")
+            # ru_maxrss must follow the reset (it is the mm's high-water mark on Linux).
+            if self._ru() > self._rss() + 64 * 2**20:
+                raise OSError("ru_maxrss is not reset by clear_refs here")
+        except OSError:
+            self.close()
+            raise
+
+    def _rss(self) -> int:
+        return int(os.pread(self._statm, 128, 0).split(None, 2)[1]) * self._page
+
+    @staticmethod
+    def _ru() -> int:
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+    def read(self) -> tuple[int, int]:
+        value = int(os.pread(self._statm, 128, 0).split(None, 2)[1]) * self._page
+        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+        os.write(self._clear, b"5")
+        # The high-water mark is folded in lazily and can read a little below current RSS.
+        return value, (peak if peak > value else value)
+
+    def close(self) -> None:
+        for fd in (getattr(self, "_statm", None), getattr(self, "_clear", None)):
+            if fd is not None:
+                with contextlib.suppress(OSError):
+                    os.close(fd)
+
+
+class _ProbeMeter:
+    """Portable: the probe's RSS; peaks are the readings themselves (no high-water mark)."""
+
+    def __init__(self, probe: Probe) -> None:
+        self._probe = probe
+        self.method = f"RSS from {probe.rss_method}, peaks from the readings only"
+
+    def read(self) -> tuple[int, int]:
+        value = self._probe.rss()
+        return value, value
+
+    def close(self) -> None:
+        pass
+
+
+class _ChildrenMeter:
+    """Adds the summed RSS of child processes (psutil, sampled at the readings)."""
+
+    def __init__(self, inner: Any, probe: Probe) -> None:
+        self._inner, self._probe = inner, probe
+        self.method = inner.method + "; child processes sampled at the readings"
+
+    def read(self) -> tuple[int, int]:
+        value, peak = self._inner.read()
+        children = self._probe.children_rss()
+        return value + children, peak + children
+
+    def close(self) -> None:
+        self._inner.close()
+
+
+class _HeapMeter:
+    """The Python heap as traced by tracemalloc: exact current and peak."""
+
+    method = "Python heap from tracemalloc (current and peak)"
+
+    def read(self) -> tuple[int, int]:
+        value, peak = tracemalloc.get_traced_memory()
+        tracemalloc.reset_peak()
+        return value, (peak if peak > value else value)
+
+    def close(self) -> None:
+        pass
+
+
+def make_meter(backend: str = "rss", include_children: bool = False, probe: Probe | None = None) -> Any:
+    """The cheapest meter for ``backend`` (``'rss'`` or ``'heap'``)."""
+    if backend == "heap":
+        return _HeapMeter()
+    if backend != "rss":
+        raise ValueError(f"unknown backend {backend!r}; expected 'rss' or 'heap'")
+    probe = probe or shared_probe()
+    meter: Any
+    try:
+        meter = _ProcfsMeter() if getattr(probe, "rss_method", "") == "/proc/self/statm" else _ProbeMeter(probe)
+    except OSError:
+        meter = _ProbeMeter(probe)
+    return _ChildrenMeter(meter, probe) if include_children else meter
+
+
+def _read_cost(meter: Any, n: int = 10, batches: int = 3) -> float:
+    """Seconds per reading: the best of a few batches (other processes make single timings noisy)."""
+    best = float("inf")
+    for _ in range(batches):
+        t0 = time.perf_counter()
+        for _ in range(n):
+            meter.read()
+        best = min(best, (time.perf_counter() - t0) / n)
+    return best
+
+
+# -- the books ---------------------------------------------------------------------
+
+
+class _Stats:
+    """Per profiled code object: per-line sums over all its activations.
+
+    ``count`` is a list indexed by line number (the hot path increments it);
+    ``snap`` is its copy at the last reading, so a reading knows which lines
+    were entered since (their "memory after" is the value of that stretch).
+    """
+
+    __slots__ = (
+        "after",
+        "calls",
+        "code",
+        "count",
+        "first",
+        "fresh",
+        "inc",
+        "last",
+        "lmap",
+        "peak",
+        "snap",
+        "top_peak",
+    )
+
+    def __init__(self, code: CodeType) -> None:
+        self.code = code
+        self.fresh = _fresh_lasti(code)
+        lines = {line for _, _, line in code.co_lines() if line is not None} or {code.co_firstlineno}
+        self.first, self.last = min(lines), max(lines)
+        self.count = [0] * (self.last + 1)
+        self.snap = [0] * (self.last + 1)
+        #: physical line -> first line of its statement (None when every statement is on one line)
+        self.lmap = _statement_map(code, self.last)
+        self.inc: dict[int, int] = {}
+        self.peak: dict[int, int] = {}
+        self.after: dict[int, int] = {}
+        self.calls = 0
+        self.top_peak: int | None = None  # highest (peak - entry) over activations
+
+
+class _Act:
+    """One activation (call) of a profiled code object; generators keep theirs while suspended."""
+
+    __slots__ = ("apeak", "code", "entry", "line", "lpeak", "start", "stats")
+
+    def __init__(self, stats: _Stats, value: int) -> None:
+        self.stats = stats
+        self.code = stats.code
+        self.line: int | None = None  # current line while not on top (on top: _Books.cur)
+        self.start = value  # book value at the start of the current line
+        self.lpeak = value  # highest value known while the current line runs
+        self.apeak = value  # highest value known during this activation
+        self.entry = value
+
+
+class _Books:
+    """The accounting shared by both tracers.
+
+    Hot state for the top activation lives in plain attributes the tracers
+    read directly: ``code`` (its code object), ``count`` (its line counts),
+    ``cur`` (its current line) and ``deadline``: before that time
+    (``perf_counter_ns``) a line event has nothing to do but count, because
+    no reading is due and nothing happened to the current line that needs
+    booking.  Everything else goes through :meth:`line_slow`.
+    """
+
+    def __init__(self, stats: dict[CodeType, _Stats], meter: Any, gate_ns: int) -> None:
+        self.stats = stats
+        self.all_stats = list(stats.values())
+        self.meter = meter
+        self.gate = gate_ns
+        self.value, _ = meter.read()
+        self.time = time.perf_counter_ns()
+        self.readings = 1
+        self.stack: list[_Act] = []
+        self.top: _Act | None = None
+        self.suspended: dict[int, _Act] = {}
+        self.foreign = 0  # events from other threads, ignored
+        self.code: CodeType | None = None
+        self.count: list[int] = []
+        # Multi-line statements: events of their continuation lines are folded onto the first line.
+        self.mapped = any(st.lmap is not None for st in self.all_stats)
+        for st in self.all_stats:
+            if st.lmap is None and self.mapped:
+                st.lmap = list(range(st.last + 1))
+        self.lmap: list[int] = []
+        self.cur: int | None = None
+        self.deadline = 0
+
+    # -- readings --------------------------------------------------------------
+    def read(self) -> int:
+        """Read memory now; fold the lines entered since the last reading; returns the window's peak."""
+        value, peak = self.meter.read()
+        old = self.value
+        for st in self.all_stats:
+            count, snap = st.count, st.snap
+            if count != snap:
+                after = st.after
+                for line in range(st.first, st.last + 1):
+                    if count[line] != snap[line]:
+                        after[line] = old
+                snap[:] = count
+        self.value = value
+        self.readings += 1
+        self.time = time.perf_counter_ns()
+        return peak if peak > old else old
+
+    def _due(self) -> bool:
+        return time.perf_counter_ns() - self.time >= self.gate
+
+    def _arm(self) -> None:
+        """Set the deadline: the fast path is allowed while the top's current line has nothing booked."""
+        a = self.top
+        value = self.value
+        if a is None or (a.start == value and a.lpeak == value):
+            self.deadline = self.time + self.gate
+        else:
+            self.deadline = 0
+
+    @staticmethod
+    def close(a: _Act, line: int | None, end: int, lpeak: int) -> None:
+        """End ``line`` of ``a`` at book value ``end``."""
+        if line is None:
+            return
+        st = a.stats
+        st.inc[line] = st.inc.get(line, 0) + end - a.start
+        high = lpeak if lpeak > end else end
+        above = high - a.start
+        if above > st.peak.get(line, -1):
+            st.peak[line] = above
+        st.after[line] = end
+        if high > a.apeak:
+            a.apeak = high
+
+    # -- events ----------------------------------------------------------------
+    def line_slow(self, code: CodeType, line: int) -> None:
+        """A line event off the fast path: a reading is due, or the ending line has something to book."""
+        a = self.top
+        if a is None or a.code is not code:
+            return
+        if self.mapped and line < len(self.lmap):
+            line = self.lmap[line]
+        cur = self.cur
+        if line == cur:
+            return
+        if self._due():
+            peak = self.read()
+            if peak > a.lpeak:
+                a.lpeak = peak
+        if cur is not None:
+            value = self.value
+            self.close(a, cur, value, a.lpeak)
+            a.start = a.lpeak = value
+        self.count[line] += 1
+        self.cur = line
+        self._arm()
+
+    def _enter(self, a: _Act) -> None:
+        if not self.stack or self._due():  # always read when entering profiled code from outside
+            peak = self.read()
+            top = self.top
+            if top is not None and peak > top.lpeak:  # the window ran inside the caller's line
+                top.lpeak = peak
+        top = self.top
+        if top is not None:
+            top.line = self.cur
+        self.stack.append(a)
+        self.top = a
+        self.code = a.code
+        self.count = a.stats.count
+        self.lmap = a.stats.lmap
+        self.cur = a.line
+
+    def start(self, stats: _Stats) -> None:
+        a = _Act(stats, self.value)
+        stats.calls += 1
+        self._enter(a)
+        a.start = a.lpeak = a.apeak = a.entry = self.value
+        self._arm()
+
+    def resume(self, a: _Act | None, stats: _Stats) -> None:
+        if a is None:  # suspended before profiling began
+            a = _Act(stats, self.value)
+        self._enter(a)
+        a.start = a.lpeak = self.value
+        self._arm()
+
+    def leave(self) -> _Act | None:
+        """Return, unwind or yield of the top activation: close its line, merge its peak into the caller."""
+        a = self.top
+        if a is None:
+            return None
+        lpeak = a.lpeak
+        if len(self.stack) == 1 or self._due():  # always read when leaving profiled code to the outside
+            peak = self.read()
+            if peak > lpeak:
+                lpeak = peak
+        value = self.value
+        a.line = self.cur
+        self.close(a, a.line, value, lpeak)
+        if a.line is None:  # nothing ran: book the stretch nowhere, but keep the peak
+            a.apeak = max(a.apeak, lpeak)
+        high = max(a.apeak, lpeak, value)
+        st = a.stats
+        if st.top_peak is None or high - a.entry > st.top_peak:
+            st.top_peak = high - a.entry
+        self.stack.pop()
+        top = self.top = self.stack[-1] if self.stack else None
+        if top is not None:
+            if high > top.lpeak:
+                top.lpeak = high
+            self.code, self.count, self.cur, self.lmap = top.code, top.stats.count, top.line, top.stats.lmap
+        else:
+            self.code, self.count, self.cur, self.lmap = None, [], None, []
+        self._arm()
+        return a
+
+    def finish(self) -> None:
+        """Close whatever is still open (an interrupted run) and fold the counts."""
+        while self.stack:
+            self.leave()
+        self.read()
+
+
+# -- the tracers -------------------------------------------------------------------
+
+
+def _statement_map(code: CodeType, last: int) -> list[int] | None:
+    """Map each physical line of ``code`` to the first line of the statement it belongs to.
+
+    A statement spanning lines (a call with one argument per line, a
+    comprehension over two lines) emits line events for each of them; folding
+    them onto the statement's first line keeps a multi-line comprehension's
+    iterations from counting as occurrences.  Compound statements map only
+    their header.  ``None`` when every statement fits on one line, or when
+    the source cannot be parsed (then events stay per physical line).
+    """
+    lines = linecache.getlines(code.co_filename)
+    if not lines:
+        return None
+    if code.co_name == "<module>":
+        offset, block = 0, lines
+    else:
+        offset = code.co_firstlineno - 1
+        try:
+            block = inspect.getblock(lines[offset:])
+        except Exception:
+            return None
+    try:
+        tree = ast.parse(textwrap.dedent("".join(block)))
+    except (SyntaxError, ValueError):
+        return None
+    mapping = list(range(max(last, offset + len(block)) + 1))
+    changed = False
+    for node in ast.walk(tree):
+        if not isinstance(node, ast.stmt):
+            continue
+        body = getattr(node, "body", None)
+        if isinstance(body, list) and body and isinstance(body[0], ast.stmt):
+            end = max(node.lineno, body[0].lineno - 1)  # the header of a compound statement
+        else:
+            end = node.end_lineno or node.lineno
+        for line in range(node.lineno + 1, end + 1):
+            if line + offset < len(mapping):
+                mapping[line + offset] = node.lineno + offset
+                changed = True
+    return mapping if changed else None
+
+
+def _fresh_lasti(code: CodeType) -> int:
+    """``f_lasti`` of a frame of ``code`` that has not run yet (-1, or the first RESUME on 3.11+)."""
+    if _RESUME_OP is None:
+        return -1
+    for instr in dis.get_instructions(code):
+        if instr.opcode == _RESUME_OP:
+            return instr.offset
+    return -1
+
+
+def _is_suspension(frame: Any) -> bool:
+    """Under settrace, whether a 'return' event of a generator/coroutine frame is a yield (or await)."""
+    code = frame.f_code.co_code
+    i = frame.f_lasti
+    if i < 0 or i >= len(code):
+        return False
+    op = code[i]
+    if op in _SUSPEND_OPS:
+        return True
+    if op == _LOAD_CONST and i + 2 < len(code) and code[i + 2] in _SUSPEND_OPS:  # 3.10: YIELD_FROM rewinds
+        return True
+    return op == _RESUME_OP and i > 0  # 3.13: f_lasti sits on the RESUME after the yield
+
+
+class _SettraceTracer:
+    """``sys.settrace`` (before 3.12, or when no monitoring tool id is free).
+
+    While a trace function is set, every bytecode the interpreter runs takes
+    its slow path, the tracer's own included, so the per-line path here is
+    as short as Python allows: the top activation's hot state is copied into
+    closure variables (:func:`pull` after anything the books change) and a
+    line event that needs no reading touches nothing else.
+    """
+
+    name = SETTRACE
+
+    def __init__(self, books: _Books) -> None:
+        self.books = books
+        self.active = False
+        self.old: Any = None
+        self._push: Callable[[], None] = lambda: None
+
+    def __enter__(self) -> _SettraceTracer:
+        b = self.books
+        stats = b.stats
+        self.old = old = sys.gettrace()
+        tracer = self
+        ns = time.perf_counter_ns
+        mapped = b.mapped
+        count, cur, deadline, lmap = b.count, b.cur, b.deadline, b.lmap
+
+        def pull() -> None:
+            nonlocal count, cur, deadline, lmap
+            count, cur, deadline, lmap = b.count, b.cur, b.deadline, b.lmap
+
+        def push() -> None:
+            b.cur = cur
+
+        self._push = push
+
+        def local(frame: Any, event: str, arg: Any) -> Any:
+            nonlocal cur
+            if event == "line":
+                line = frame.f_lineno
+                if mapped:
+                    line = lmap[line]
+                if line == cur:
+                    return local
+                if ns() < deadline:
+                    count[line] += 1
+                    cur = line
+                    return local
+                b.cur = cur
+                b.line_slow(frame.f_code, frame.f_lineno)
+                pull()
+                return local
+            if not tracer.active:
+                return None
+            if event == "return" and frame.f_code is b.code:
+                b.cur = cur
+                a = b.leave()
+                pull()
+                if a is not None and frame.f_code.co_flags & _GEN_FLAGS and _is_suspension(frame):
+                    b.suspended[id(frame)] = a
+            return local
+
+        def chain(old_local: Any) -> Any:
+            held = [old_local]
+
+            def chained(frame: Any, event: str, arg: Any) -> Any:
+                inner = held[0]
+                if inner is not None:
+                    held[0] = inner(frame, event, arg)
+                local(frame, event, arg)
+                return chained
+
+            return chained
+
+        def global_(frame: Any, event: str, arg: Any) -> Any:
+            old_local = old(frame, event, arg) if old is not None else None
+            code = frame.f_code
+            st = stats.get(code)
+            if st is None or not tracer.active:
+                return old_local
+            b.cur = cur
+            if code.co_flags & _GEN_FLAGS and frame.f_lasti > st.fresh:  # a generator resumed
+                saved = b.suspended.pop(id(frame), None)
+                b.resume(saved if saved is not None and saved.code is code else None, st)
+            else:
+                b.start(st)
+            pull()
+            return local if old_local is None else chain(old_local)
+
+        self.active = True
+        sys.settrace(global_)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.active = False
+        sys.settrace(self.old)
+        self._push()  # the books close what is still open with the line that was running
+
+
+def _free_tool_id() -> int | None:
+    mon = sys.monitoring
+    for tool in (mon.PROFILER_ID, 5, 4, 3, 0, 1):
+        if mon.get_tool(tool) is None:
+            return tool
+    return None
+
+
+class _MonitoringTracer:
+    name = MONITORING
+
+    def __init__(self, books: _Books, tool: int) -> None:
+        self.books = books
+        self.tool = tool
+        self.registered: list[int] = []
+
+    def __enter__(self) -> _MonitoringTracer:
+        mon = sys.monitoring
+        ev = mon.events
+        b = self.books
+        stats = b.stats
+        tid = threading.get_ident()
+        get_ident = threading.get_ident
+        getframe = sys._getframe
+        ns = time.perf_counter_ns
+
+        def on_line(code: CodeType, line: int) -> None:
+            if ns() < b.deadline and code is b.code:
+                b.count[line] += 1
+                b.cur = line
+                return
+            if get_ident() != tid:
+                b.foreign += 1
+                return
+            b.line_slow(code, line)
+
+        def on_line_mapped(code: CodeType, line: int) -> None:
+            if code is b.code:
+                line = b.lmap[line]
+                if line == b.cur:
+                    return
+                if ns() < b.deadline:
+                    b.count[line] += 1
+                    b.cur = line
+                    return
+            if get_ident() != tid:
+                b.foreign += 1
+                return
+            b.line_slow(code, line)
+
+        def on_start(code: CodeType, offset: int) -> None:
+            if get_ident() != tid:
+                b.foreign += 1
+                return
+            b.start(stats[code])
+
+        def on_resume(code: CodeType, offset: int, *rest: Any) -> None:
+            st = stats.get(code)  # PY_THROW is a global event
+            if st is None or get_ident() != tid:
+                return
+            saved = b.suspended.pop(id(getframe(1)), None)
+            b.resume(saved if saved is not None and saved.code is code else None, st)
+
+        def on_return(code: CodeType, offset: int, value: Any) -> None:
+            if code is b.code and get_ident() == tid:
+                b.leave()
+
+        def on_yield(code: CodeType, offset: int, value: Any) -> None:
+            if code is b.code and get_ident() == tid:
+                a = b.leave()
+                if a is not None:
+                    b.suspended[id(getframe(1))] = a
+
+        tool = self.tool
+        mon.use_tool_id(tool, "ipymem")
+        try:
+            callbacks = {
+                ev.LINE: on_line_mapped if b.mapped else on_line,
+                ev.PY_START: on_start,
+                ev.PY_RESUME: on_resume,
+                ev.PY_THROW: on_resume,
+                ev.PY_RETURN: on_return,
+                ev.PY_UNWIND: on_return,
+                ev.PY_YIELD: on_yield,
+            }
+            for event, callback in callbacks.items():
+                mon.register_callback(tool, event, callback)
+                self.registered.append(event)
+            local = ev.LINE | ev.PY_START | ev.PY_RESUME | ev.PY_RETURN | ev.PY_YIELD
+            for code in stats:
+                mon.set_local_events(tool, code, local)
+            mon.set_events(tool, ev.PY_UNWIND | ev.PY_THROW)  # not available as local events
+        except BaseException:
+            self.__exit__()
+            raise
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        mon = sys.monitoring
+        tool = self.tool
+        try:
+            with contextlib.suppress(ValueError):
+                mon.set_events(tool, 0)
+            for code in self.books.stats:
+                with contextlib.suppress(ValueError):
+                    mon.set_local_events(tool, code, 0)
+            for event in self.registered:
+                mon.register_callback(tool, event, None)
+            self.registered.clear()
+        finally:
+            mon.free_tool_id(tool)
+
+
+class _SigintGuard:
+    """Records SIGINT instead of raising it while ipymem restores the session (main thread only)."""
+
+    def __init__(self) -> None:
+        self.hit = False
+        self._old: Any = None
+        self._on = False
+
+    def start(self) -> None:
+        if threading.current_thread() is not threading.main_thread():
+            return
+
+        def record(signum: int, frame: Any) -> None:
+            self.hit = True
+
+        try:
+            self._old = signal.signal(signal.SIGINT, record)
+        except (ValueError, TypeError, OSError):
+            return
+        self._on = True
+
+    def stop(self) -> None:
+        if self._on:
+            self._on = False
+            signal.signal(signal.SIGINT, self._old)
+
+
+class _ThreadWatch:
+    """Counts threads started while it is active, through :func:`threading.setprofile`.
+
+    A new thread calls the threading profile hook once as it starts; ours
+    counts it, then hands the thread the hook that was installed before (if
+    any), so nothing else changes for the thread.  The previous hook is
+    restored on exit.
+    """
+
+    def __init__(self) -> None:
+        self.started = 0
+        self._old: Any = None
+
+    def __enter__(self) -> _ThreadWatch:
+        self._old = old = getattr(threading, "_profile_hook", None)
+
+        def hook(frame: Any, event: str, arg: Any) -> Any:
+            self.started += 1
+            sys.setprofile(old)
+            return old(frame, event, arg) if old is not None else None
+
+        threading.setprofile(hook)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        threading.setprofile(self._old)
+
+
+# -- the entry point -------------------------------------------------------------------
+
+
+def profile_lines(
+    func: Callable[[], object],
+    targets: Iterable[Any],
+    *,
+    backend: str = "rss",
+    include_children: bool = False,
+    min_interval: float | None = None,
+    tracer: str = "auto",
+    probe: Probe | None = None,
+    meter: Any = None,
+    statement: str = "",
+    label: Callable[[str], str] | None = None,
+) -> tuple[MprunResult, BaseException | None]:
+    """Run ``func()`` and measure memory line by line in ``targets``; never swallows the caller's exception.
+
+    ``targets`` are functions, methods or code objects (see :func:`code_of`;
+    a ``TypeError`` names the first one that is not Python code).
+    ``backend`` is ``'rss'`` (process RSS, peaks from the kernel high-water
+    mark where available) or ``'heap'`` (Python heap by tracemalloc, started
+    for the run if it was off).  ``min_interval`` is the time gate in seconds
+    (``0`` reads memory at every boundary; ``None`` picks 50 µs or twenty
+    readings' cost, whichever is larger).  ``tracer`` is ``'auto'``,
+    ``'monitoring'`` or ``'settrace'``.  ``label`` maps a code object's file
+    name to what the report shows (``Cell In[5]``).  ``meter`` overrides the
+    memory reader: any object with ``read() -> (value, peak_since_last_read)``.
+
+    Returns ``(result, error)``: ``error`` is what ``func`` raised
+    (KeyboardInterrupt included) or ``None``; the caller re-raises it after
+    showing ``result``.
+    """
+    codes: dict[CodeType, str] = {}
+    for target in targets:
+        code, qualname = _resolve(target)
+        codes.setdefault(code, qualname)
+    if not codes:
+        raise ValueError("nothing to profile: give at least one function or code object")
+    if tracer not in ("auto", "monitoring", "settrace"):
+        raise ValueError(f"unknown tracer {tracer!r}; expected 'auto', 'monitoring' or 'settrace'")
+    if tracer == "monitoring" and not hasattr(sys, "monitoring"):
+        raise ValueError("sys.monitoring needs Python 3.12 or later")
+    notes: list[str] = []
+    started_tracemalloc = False
+    if backend == "heap" and meter is None and not tracemalloc.is_tracing():
+        tracemalloc.start()
+        started_tracemalloc = True
+    own_meter = meter is None
+    error: BaseException | None = None
+    try:
+        if own_meter:
+            meter = make_meter(backend, include_children, probe)
+        if min_interval is None:
+            min_interval = max(DEFAULT_MIN_INTERVAL, 20 * _read_cost(meter))
+        if min_interval < 0:
+            raise ValueError(f"min_interval must be 0 or more, got {min_interval}")
+        stats = {code: _Stats(code) for code in codes}
+        tool = None
+        if tracer != "settrace" and hasattr(sys, "monitoring"):
+            tool = _free_tool_id()
+            if tool is None:
+                if tracer == "monitoring":
+                    raise RuntimeError("no free sys.monitoring tool id")
+                notes.append("all sys.monitoring tool ids are taken: fell back to sys.settrace (slower)")
+        books = _Books(stats, meter, int(min_interval * 1e9))
+        active: Any = _MonitoringTracer(books, tool) if tool is not None else _SettraceTracer(books)
+        t0 = time.perf_counter()
+        guard = _SigintGuard()
+        try:
+            with _ThreadWatch() as threads, active:
+                try:
+                    func()
+                except BaseException as exc:
+                    error = exc
+                guard.start()  # from here on, Ctrl-C is recorded and acted on once the session is restored
+            duration = time.perf_counter() - t0
+            books.finish()
+        finally:
+            guard.stop()
+        if guard.hit and error is None:
+            error = KeyboardInterrupt()
+    finally:
+        if own_meter and meter is not None:
+            meter.close()
+        if started_tracemalloc:
+            tracemalloc.stop()
+    if threads.started or books.foreign:
+        notes.append(
+            "only the calling thread is profiled: threads started by the profiled code are not"
+            + (f" ({threads.started} started)" if threads.started else "")
+            + (f"; {books.foreign} events from other threads ignored" if books.foreign else "")
+        )
+    functions = tuple(_function_profile(st, label, codes[code]) for code, st in stats.items())
+    never = [f.name for f in functions if f.calls == 0]
+    if never:
+        notes.append("never called: " + ", ".join(never))
+    if include_children:
+        notes.append("child processes are sampled at the readings: their share of the peaks is a lower bound")
+    outcome = "ok" if error is None else INTERRUPTED if isinstance(error, KeyboardInterrupt) else ERROR
+    result = MprunResult(
+        functions=functions,
+        params=MprunParams(
+            backend=backend,
+            include_children=include_children,
+            tracer=active.name,
+            min_interval=min_interval,
+            memory_method=getattr(meter, "method", type(meter).__name__),
+        ),
+        statement=statement,
+        duration=duration,
+        readings=books.readings,
+        outcome=outcome,
+        error=None if error is None else _describe_error(error),
+        notes=tuple(notes),
+    )
+    return result, error
+
+
+def _describe_error(error: BaseException) -> str:
+    text = str(error)
+    name = type(error).__name__
+    return f"{name}: {text}" if text else name
+
+
+def _code_lines(code: CodeType) -> set[int]:
+    """Line numbers of ``code`` and of the code objects nested in it."""
+    lines = {line for _, _, line in code.co_lines() if line is not None}
+    for const in code.co_consts:
+        if isinstance(const, CodeType):
+            lines |= _code_lines(const)
+    return lines
+
+
+def _function_profile(st: _Stats, label: Callable[[str], str] | None, name: str) -> FunctionProfile:
+    code = st.code
+    filename = code.co_filename
+    source = linecache.getlines(filename)
+    count = st.count
+    executed = {line for line, n in enumerate(count) if n}
+    spans = _code_lines(code) | executed
+    first = code.co_firstlineno
+    last = max(spans, default=first)
+    if code.co_name == "<module>":  # a cell body or a script: all of it
+        first, last, name = 1, max(last, len(source)), "(cell body)"
+    lines: list[LineStats] = []
+    for lineno in range(first, last + 1):
+        text = source[lineno - 1].rstrip("\r\n") if 0 < lineno <= len(source) else ""
+        n = count[lineno] if lineno < len(count) else 0
+        if n:
+            after, inc, peak = st.after.get(lineno), st.inc.get(lineno, 0), st.peak.get(lineno, 0)
+            lines.append(LineStats(lineno, text, n, after, inc, peak))
+        else:
+            lines.append(LineStats(lineno, text))
+    shown = filename
+    if label is not None:
+        with contextlib.suppress(Exception):
+            shown = label(filename) or filename
+    return FunctionProfile(
+        name=name,
+        filename=filename,
+        firstlineno=code.co_firstlineno,
+        lines=tuple(lines),
+        calls=st.calls,
+        label=shown,
+        peak=st.top_peak,
+    )
+
+
+__all__: Sequence[str] = ["code_of", "make_meter", "profile_lines"]

@@ -1,0 +1,154 @@
+"""The ``%mprun`` result: memory line by line, for each profiled function.
+
+Every figure is integer bytes of one metric, named by :attr:`MprunParams.backend`:
+process RSS (``"rss"``) or the Python heap as traced by tracemalloc
+(``"heap"``).  Each line keeps its source text, so a result renders without
+the file (notebook cells included) long after the cell ran.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any
+
+#: Metric names by backend, for headers and notes.
+METRICS = {"rss": "RSS", "heap": "Python heap"}
+
+
+@dataclass(frozen=True)
+class LineStats:
+    """One source line of a profiled function.
+
+    ``occurrences`` counts how often control entered the line (a loop jumping
+    back within the line, or a comprehension, lambda or nested function on
+    it, does not count again).  For a line never executed, the memory
+    figures are ``None`` (shown blank).
+
+    * ``mem_after``: memory when the line last finished.
+    * ``increment``: net change attributed to the line, summed over its
+      occurrences.  The increments of a function add up to its memory at
+      return minus its memory at entry, summed over calls.
+    * ``peak``: the highest memory reached while the line was executing,
+      above the memory at the start of that occurrence (the worst occurrence).
+    """
+
+    lineno: int
+    source: str
+    occurrences: int = 0
+    mem_after: int | None = None
+    increment: int | None = None
+    peak: int | None = None
+
+    @property
+    def executed(self) -> bool:
+        return self.occurrences > 0
+
+
+@dataclass(frozen=True)
+class FunctionProfile:
+    """The lines of one profiled function (or of a profiled cell body).
+
+    ``filename`` is the code object's file; ``label`` is what the reader
+    recognises (``Cell In[5]`` for a notebook cell, else the file name).
+    ``peak`` is the highest memory reached during any call, above the memory
+    at that call's entry.
+    """
+
+    name: str
+    filename: str
+    firstlineno: int
+    lines: tuple[LineStats, ...]
+    calls: int = 0
+    label: str = ""
+    peak: int | None = None
+
+    @property
+    def increment(self) -> int:
+        """Sum of the line increments: memory at return minus memory at entry, over all calls."""
+        return sum(line.increment or 0 for line in self.lines)
+
+    @property
+    def where(self) -> str:
+        return self.label or self.filename
+
+
+@dataclass(frozen=True)
+class MprunParams:
+    """How a ``%mprun`` profile was taken.
+
+    ``tracer`` is ``"sys.monitoring"`` or ``"sys.settrace"``;
+    ``min_interval`` the time gate in seconds: memory is read at a line
+    boundary only when at least that much time has passed since the last
+    reading (changes within a shorter stretch go to the line that ends it;
+    peaks are not lost, they come from the kernel's high-water mark).
+    """
+
+    backend: str = "rss"
+    include_children: bool = False
+    tracer: str = "sys.settrace"
+    min_interval: float = 0.0
+    memory_method: str = ""
+
+    @property
+    def metric(self) -> str:
+        name = METRICS.get(self.backend, self.backend)
+        return name + (" incl. children" if self.include_children else "")
+
+
+@dataclass(frozen=True)
+class MprunResult:
+    """What ``%mprun`` measured: one :class:`FunctionProfile` per profiled function.
+
+    ``outcome`` is ``"ok"``, ``"interrupted"`` (KeyboardInterrupt) or
+    ``"error"`` (the statement raised ``error``); the figures cover what ran.
+    """
+
+    functions: tuple[FunctionProfile, ...]
+    params: MprunParams = field(default_factory=MprunParams)
+    statement: str = ""
+    duration: float = 0.0
+    readings: int = 0
+    outcome: str = "ok"
+    error: str | None = None
+    notes: tuple[str, ...] = ()
+
+    @property
+    def ok(self) -> bool:
+        return self.outcome == "ok"
+
+    @property
+    def peak(self) -> int | None:
+        values = [f.peak for f in self.functions if f.peak is not None]
+        return max(values) if values else None
+
+    def function(self, name: str) -> FunctionProfile:
+        """The profile of the function called ``name`` (its qualified or plain name)."""
+        for f in self.functions:
+            if name in (f.name, f.name.rsplit(".", 1)[-1]):
+                return f
+        raise KeyError(name)
+
+    # -- export -----------------------------------------------------------
+    def to_dict(self) -> dict[str, Any]:
+        """Plain dict (JSON-serialisable) with the stored fields and the derived totals."""
+        data = dataclasses.asdict(self)
+        for f, raw in zip(self.functions, data["functions"], strict=True):
+            raw["increment"] = f.increment
+        data["peak"] = self.peak
+        data["params"]["metric"] = self.params.metric
+        return data
+
+    # -- display ----------------------------------------------------------
+    def __str__(self) -> str:
+        from ..render.lines import mprun_text
+
+        return mprun_text(self)
+
+    def _repr_pretty_(self, p: Any, cycle: bool) -> None:
+        p.text(str(self))
+
+    def _repr_html_(self) -> str:
+        from ..render.lines import mprun_html
+
+        return mprun_html(self)

@@ -1,0 +1,38 @@
+"""%mprun in a real Jupyter kernel (nbclient): cell names, HTML output, top-level await on a busy loop."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+nbformat = pytest.importorskip("nbformat")
+nbclient = pytest.importorskip("nbclient")
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+pytestmark = pytest.mark.kernel
+
+
+def run_notebook(*sources: str):
+    nb = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell(s) for s in sources])
+    client = nbclient.NotebookClient(nb, timeout=120, kernel_name="python3", resources={"metadata": {"path": ROOT}})
+    client.execute()
+    return nb
+
+
+def test_kernel_html_cell_name_and_top_level_await():
+    nb = run_notebook(
+        "%load_ext ipymem",
+        "import asyncio\n"
+        "async def fetch(n):\n    await asyncio.sleep(0)\n    data = bytearray(n)\n    return len(data)",
+        "%%mprun -f fetch\nout = await fetch(2**20)",
+        "out",
+    )
+    outputs = nb.cells[2].outputs
+    (display,) = [o for o in outputs if o["output_type"] == "display_data"]
+    html, text = display["data"]["text/html"], display["data"]["text/plain"]
+    assert "<table" in html and "Cell In[2]" in html
+    assert "data = bytearray(n)" in text
+    assert "helper thread" in text  # the kernel's loop was busy: said so
+    assert nb.cells[3].outputs[0]["data"]["text/plain"] == str(2**20)
