@@ -7,11 +7,7 @@ plumbing shared by all magics in :mod:`ipymem.shell`.
 
 from __future__ import annotations
 
-import ast
-import asyncio
-import dataclasses
 import functools
-import threading
 from typing import Any
 
 from IPython.core.error import UsageError
@@ -23,6 +19,9 @@ from .models import AllocResult, MemitResult, MprunResult
 from .render import alloc_html, alloc_text, memit_html, memit_text, mprun_html, mprun_text
 from .shell import (
     Opt,
+    call_engine,
+    cell_files,
+    cell_label,
     compile_user_code,
     identifier,
     make_doc,
@@ -32,6 +31,7 @@ from .shell import (
     positive_int,
     publish,
     require_statement,
+    resolve_function,
 )
 
 MEMIT_TAIL = "statement"
@@ -91,19 +91,6 @@ MEMTRACE_OPTS = (
 MPRUN_TAIL = "statement"
 
 
-def _in_thread(profile: Any) -> Any:
-    """Run ``profile()`` in a helper thread (top-level ``await`` under a busy kernel loop); returns its result."""
-    out: list[Any] = []
-    thread = threading.Thread(target=lambda: out.append(profile()), name="ipymem-async", daemon=True)
-    thread.start()
-    thread.join()
-    if not out:
-        raise RuntimeError("%mprun: the profiling thread failed")
-    result, error = out[0]
-    note = "top-level await ran on a fresh event loop in a helper thread (the kernel's loop is running this cell)"
-    return dataclasses.replace(result, notes=(*result.notes, note)), error
-
-
 def _backend(text: str) -> str:
     if text not in ("rss", "heap"):
         raise ValueError(f"expected rss or heap, got {text!r}")
@@ -146,7 +133,8 @@ class MemoryMagics(Magics):
         if setup:
             run_setup, _ = compile_user_code(self.shell, setup)
             run_setup()
-        result, error = engine.memit(
+        measure = functools.partial(
+            engine.memit,
             run,
             repeat=args.r,
             timeout=args.t,
@@ -156,6 +144,7 @@ class MemoryMagics(Magics):
             statement=statement,
             setup=setup,
         )
+        result, error = call_engine(measure, run)
         return self._finish(result, error, args, memit_text, memit_html)
 
     @no_var_expand
@@ -169,17 +158,19 @@ class MemoryMagics(Magics):
         if setup:
             run_setup, _ = compile_user_code(self.shell, setup)
             run_setup()
-        result, error = engine.alloctrace(
+        measure = functools.partial(
+            engine.alloctrace,
             run,
             top=args.n,
             group_by=args.g,
             depth=args.d,
             all_frames=args.all,
             repeat=args.r,
-            cell_files=getattr(self.shell.compile, "_filename_map", None),
+            cell_files=cell_files(self.shell),
             statement=statement,
             setup=setup,
         )
+        result, error = call_engine(measure, run)
         return self._finish(result, error, args, alloc_text, alloc_html)
 
     @no_var_expand
@@ -198,13 +189,8 @@ class MemoryMagics(Magics):
         else:  # as memory_profiler: the rest of the first line is prepended to the cell
             statement = f"{args.rest}\n{cell}" if args.rest else cell
             require_statement("mprun", statement, MPRUN_OPTS, MPRUN_TAIL)
-        targets = [self._function(expr) for expr in args.f]
-        try:
-            run, _ = compile_user_code(self.shell, statement)
-        except SyntaxError as exc:
-            if "await" not in str(exc) and "async" not in str(exc):
-                raise
-            run = self._compile_top_level_await(statement)
+        targets = [resolve_function(self.shell, "mprun", expr, code_of) for expr in args.f]
+        run, _ = compile_user_code(self.shell, statement)
         if not targets:  # %%mprun without -f: the cell body itself, line by line
             targets = [run.code]
         profile = functools.partial(
@@ -216,7 +202,7 @@ class MemoryMagics(Magics):
             statement=statement,
             label=self._label,
         )
-        result, error = profile() if not getattr(run, "in_thread", False) else _in_thread(profile)
+        result, error = call_engine(profile, run)
         if args.T:
             with open(args.T, "w", encoding="utf-8") as out:
                 out.write(mprun_text(result, args.precision) + "\n")
@@ -224,65 +210,8 @@ class MemoryMagics(Magics):
                 print(f"*** Profile printout saved to text file {args.T}")
         return self._finish(result, error, args, mprun_text, mprun_html)
 
-    def _compile_top_level_await(self, source: str) -> Any:
-        """Compile a statement or cell with top-level ``await``; its ``run()`` drives the coroutine.
-
-        Where no event loop runs in this thread (terminal IPython, a plain
-        shell) the coroutine runs on IPython's own loop runner, in this
-        thread.  Under a kernel whose loop is busy running this very cell, it
-        runs on a fresh event loop in a helper thread, which is then the
-        thread profiled (``run.in_thread``).
-        """
-        shell = self.shell
-        transformed = shell.transform_cell(source)
-        filename = shell.compile.cache(transformed, getattr(shell, "execution_count", 0), source)
-        tree = shell.transform_ast(shell.compile.ast_parse(transformed, filename=filename))
-        flags = shell.compile.flags | ast.PyCF_ALLOW_TOP_LEVEL_AWAIT
-        code = compile(tree, filename, "exec", flags=flags, dont_inherit=True)
-        user_global_ns, user_ns = shell.user_global_ns, shell.user_ns
-        try:
-            asyncio.get_running_loop()
-            busy = True
-        except RuntimeError:
-            busy = False
-
-        def run() -> None:
-            __tracebackhide__ = True
-            coro = eval(code, user_global_ns, user_ns)
-            if coro is None:  # nothing was awaited after all
-                return
-            if busy:
-                asyncio.run(coro)
-            else:
-                shell.loop_runner(coro)
-
-        run.code = code  # type: ignore[attr-defined]
-        run.in_thread = busy  # type: ignore[attr-defined]
-        return run
-
-    def _function(self, expr: str) -> Any:
-        """Evaluate one ``-f`` expression in the user's namespace; ``UsageError`` unless it names Python code."""
-        expected = "expected an expression naming a Python function, method, generator or coroutine function"
-        try:
-            tree = ast.parse(expr.strip(), mode="eval")
-        except SyntaxError:
-            raise UsageError(f"%mprun: -f {expr!r} is not a Python expression; {expected}") from None
-        if any(isinstance(node, ast.Call) for node in ast.walk(tree)):
-            raise UsageError(f"%mprun: -f {expr!r} is a call; give the function itself (-f name, not -f name(...))")
-        try:
-            obj = eval(compile(tree, "<-f>", "eval"), self.shell.user_global_ns, self.shell.user_ns)
-        except Exception as exc:
-            raise UsageError(f"%mprun: -f {expr!r}: {type(exc).__name__}: {exc}; {expected}") from None
-        try:
-            code_of(obj)
-        except TypeError as exc:
-            raise UsageError(f"%mprun: -f {expr!r}: {exc}") from None
-        return obj
-
     def _label(self, filename: str) -> str:
-        """``Cell In[5]`` for a cell's file name, as IPython's tracebacks say; the name itself otherwise."""
-        number = getattr(self.shell.compile, "_filename_map", {}).get(filename)
-        return f"Cell In[{number}]" if number is not None else filename
+        return cell_label(self.shell, filename)
 
     def _finish(self, result: Any, error: BaseException | None, args: Any, text: Any, html: Any) -> Any:
         """Show, store, then re-raise the user's exception or return the result for ``-o``."""

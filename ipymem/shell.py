@@ -12,8 +12,12 @@
 
 from __future__ import annotations
 
+import ast
+import asyncio
+import dataclasses
 import getopt
 import textwrap
+import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -194,7 +198,14 @@ def compile_user_code(shell: Any, source: str) -> tuple[Callable[[], None], str]
     ``run()`` executes it in the user's namespaces.  The source is registered
     in ``linecache`` under the returned file name (IPython's own cell naming,
     so tracebacks say ``Cell In[N]``).  Syntax errors raise here, before
-    anything is measured.
+    anything is measured.  ``run.code`` is the compiled code object (``%%mprun``
+    profiles it).
+
+    Top-level ``await`` works as in a cell: without a running event loop
+    (terminal IPython) the coroutine runs on IPython's loop runner in this
+    thread; under a kernel, whose loop is busy running this very cell, it
+    must run on a fresh loop in a helper thread, and ``run.in_thread`` says so
+    (see :func:`call_engine`).
     """
     if not source.endswith("\n"):
         source += "\n"  # IPython's transformers expect whole lines
@@ -205,15 +216,91 @@ def compile_user_code(shell: Any, source: str) -> tuple[Callable[[], None], str]
     tree = shell.transform_ast(tree)
     if tree is None:  # an AST transformer rejected the input and already reported it
         raise UsageError("the input was rejected by an IPython AST transformer")
-    code = shell.compile(tree, filename, "exec")
     user_global_ns, user_ns = shell.user_global_ns, shell.user_ns
+    try:
+        code = shell.compile(tree, filename, "exec")
+    except SyntaxError as exc:
+        if "await" not in str(exc) and "async" not in str(exc):
+            raise
+        flags = shell.compile.flags | ast.PyCF_ALLOW_TOP_LEVEL_AWAIT
+        code = compile(tree, filename, "exec", flags=flags, dont_inherit=True)
+        try:
+            asyncio.get_running_loop()
+            busy = True
+        except RuntimeError:
+            busy = False
+
+        def run() -> None:
+            __tracebackhide__ = True
+            coro = eval(code, user_global_ns, user_ns)
+            if coro is None:  # nothing was awaited after all
+                return
+            if busy:
+                asyncio.run(coro)
+            else:
+                shell.loop_runner(coro)
+
+        run.code = code  # type: ignore[attr-defined]
+        run.in_thread = busy  # type: ignore[attr-defined]
+        return run, filename
 
     def run() -> None:
         __tracebackhide__ = True
         exec(code, user_global_ns, user_ns)
 
-    run.code = code  # type: ignore[attr-defined]  # for %%mprun, which profiles the cell body itself
+    run.code = code  # type: ignore[attr-defined]
+    run.in_thread = False  # type: ignore[attr-defined]
     return run, filename
+
+
+def call_engine(measure: Callable[[], tuple[Any, BaseException | None]], run: Any) -> tuple[Any, BaseException | None]:
+    """``measure()``, or, for top-level ``await`` under a busy kernel loop, ``measure()`` in a helper thread.
+
+    The helper thread (``ipymem-async``) runs the whole measurement, so a
+    per-thread tracer sees the user's code; the result gains a note saying so.
+    """
+    if not getattr(run, "in_thread", False):
+        return measure()
+    out: list[Any] = []
+    thread = threading.Thread(target=lambda: out.append(measure()), name="ipymem-async", daemon=True)
+    thread.start()
+    thread.join()
+    if not out:
+        raise RuntimeError("ipymem: the measuring thread failed")
+    result, error = out[0]
+    note = "top-level await ran on a fresh event loop in a helper thread (the kernel's loop is running this cell)"
+    return dataclasses.replace(result, notes=(*result.notes, note)), error
+
+
+def resolve_function(shell: Any, magic: str, expr: str, check: Callable[[Any], object]) -> Any:
+    """Evaluate a ``-f`` expression in the user's namespace; ``UsageError`` unless ``check`` accepts it."""
+    expected = "expected an expression naming a Python function, method, generator or coroutine function"
+    try:
+        tree = ast.parse(expr.strip(), mode="eval")
+    except SyntaxError:
+        raise UsageError(f"%{magic}: -f {expr!r} is not a Python expression; {expected}") from None
+    if any(isinstance(node, ast.Call) for node in ast.walk(tree)):
+        raise UsageError(f"%{magic}: -f {expr!r} is a call; give the function itself (-f name, not -f name(...))")
+    try:
+        obj = eval(compile(tree, "<-f>", "eval"), shell.user_global_ns, shell.user_ns)
+    except Exception as exc:
+        raise UsageError(f"%{magic}: -f {expr!r}: {type(exc).__name__}: {exc}; {expected}") from None
+    try:
+        check(obj)
+    except TypeError as exc:
+        raise UsageError(f"%{magic}: -f {expr!r}: {exc}") from None
+    return obj
+
+
+def cell_files(shell: Any) -> dict[str, int]:
+    """File name -> execution count of every cell IPython compiled (``Cell In[N]`` in tracebacks)."""
+    return getattr(shell.compile, "_filename_map", {})
+
+
+def cell_label(shell: Any, filename: str) -> str:
+    """``Cell In[5]`` for a cell's file name, as IPython's tracebacks say; the name itself otherwise."""
+    number = cell_files(shell).get(filename)
+    return f"Cell In[{number}]" if number is not None else filename
 
 
 def publish(text: str, html: str) -> None:

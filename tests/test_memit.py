@@ -247,3 +247,8 @@ def test_memit_pass_is_cheap(ip):
     r = ip.line("memit", "-q -o pass")
     assert threading.active_count() == before
     assert r.samples >= 2 and len(r.runs) == 1
+
+
+def test_top_level_await_in_a_memit_cell(ip):
+    r = ip.cell("memit", "-q -o import asyncio", "await asyncio.sleep(0.01)\nafter_await = bytearray(48 * 2**20)\n")
+    assert "after_await" in ip.user_ns and r.ok
