@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The main job of the README: executes the example notebooks headless in a
 # real Jupyter kernel and prints what each magic reported.  Executed copies
-# (with outputs) are written to build/notebooks/.
+# (with outputs) are written to demo-output/.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PYTHON=${PYTHON:-python3}

@@ -3,7 +3,7 @@
 Usage: python scripts/run_notebooks.py [NOTEBOOK ...]   (default: all of examples/notebooks)
 
 Each notebook runs in a fresh python3 kernel (nbclient); executed copies go
-to build/notebooks/ so the committed notebooks stay output-free.  Exits
+to demo-output/ so the committed notebooks stay output-free.  Exits
 non-zero if any cell fails.
 """
 
@@ -23,9 +23,8 @@ def execute(path: Path, out_dir: Path, timeout: int = 600) -> nbformat.NotebookN
     nb = nbformat.read(path, as_version=4)
     saved = os.environ.get("PYTHONPATH")
     os.environ["PYTHONPATH"] = str(ROOT) + (os.pathsep + saved if saved else "")  # the kernel imports this ipymem
-    client = NotebookClient(
-        nb, timeout=timeout, kernel_name="python3", resources={"metadata": {"path": str(path.parent)}}
-    )
+    client = NotebookClient(nb, timeout=timeout, kernel_name="python3", resources={"metadata": {"path": str(out_dir)}})
+    out_dir.mkdir(parents=True, exist_ok=True)  # the kernel's working directory: files cells write go here
     try:
         client.execute()
     finally:
@@ -51,7 +50,7 @@ def text_outputs(nb: nbformat.NotebookNode):
 
 def main(argv: list[str]) -> int:
     paths = [Path(a) for a in argv] or sorted((ROOT / "examples" / "notebooks").glob("*.ipynb"))
-    out_dir = ROOT / "build" / "notebooks"
+    out_dir = ROOT / "demo-output"
     for path in paths:
         print(f"=== {path.name}")
         nb = execute(path, out_dir)

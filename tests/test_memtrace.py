@@ -240,17 +240,15 @@ def test_exception_gives_partial_report_restores_state_and_propagates(ip):
 
 
 def test_keyboard_interrupt_shows_partial_result_and_reraises(ip):
-    timer = threading.Timer(0.3, lambda: os.kill(os.getpid(), signal.SIGINT))
-    timer.start()
-    try:
-        with pytest.raises(KeyboardInterrupt):
-            ip.cell(
-                "memtrace",
-                "-v partial import time",
-                "kept = []\nfor _ in range(100):\n    kept.append(bytearray(10_000))\n    time.sleep(0.05)\n",
-            )
-    finally:
-        timer.cancel()
+    # The traced statement arms the interrupt itself, so however slow the machine, it lands mid-run.
+    ip.user_ns["interrupt_soon"] = lambda: threading.Timer(0.3, os.kill, (os.getpid(), signal.SIGINT)).start()
+    with pytest.raises(KeyboardInterrupt):
+        ip.cell(
+            "memtrace",
+            "-v partial import time",
+            "interrupt_soon()\nkept = []\n"
+            "for _ in range(200):\n    kept.append(bytearray(10_000))\n    time.sleep(0.05)\n",
+        )
     r = ip.user_ns["partial"]
     assert r.outcome == "interrupted" and r.runs == 1
     assert entry_for(r, "kept.append").retained_count >= 3
