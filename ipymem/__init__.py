@@ -8,11 +8,23 @@ from __future__ import annotations
 
 from typing import Any
 
-from .api import memit
-from .models import MemitResult, MemitRun, Sample
+from .api import memit, memtrace, mprun, profile
+from .models import AllocResult, MemitResult, MemitRun, MprunResult, Sample
 
 __version__ = "0.1.0"
-__all__ = ["MemitResult", "MemitRun", "Sample", "load_ipython_extension", "memit", "unload_ipython_extension"]
+__all__ = [
+    "AllocResult",
+    "MemitResult",
+    "MemitRun",
+    "MprunResult",
+    "Sample",
+    "load_ipython_extension",
+    "memit",
+    "memtrace",
+    "mprun",
+    "profile",
+    "unload_ipython_extension",
+]
 
 _MAGIC_NAMES = {"line": ("memit", "mprun", "memtrace"), "cell": ("memit", "mprun", "memtrace")}
 
