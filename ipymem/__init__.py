@@ -13,7 +13,7 @@ from .models import MemitResult, MemitRun, Sample
 __version__ = "0.1.0"
 __all__ = ["MemitResult", "MemitRun", "Sample", "load_ipython_extension", "unload_ipython_extension"]
 
-_MAGIC_NAMES = {"line": ("memit",), "cell": ("memit",)}
+_MAGIC_NAMES = {"line": ("memit", "memwatch"), "cell": ("memit",)}
 
 
 def load_ipython_extension(ipython: Any) -> None:
@@ -35,5 +35,9 @@ def unload_ipython_extension(ipython: Any) -> None:
             if getattr(func, "__self__", None).__class__ is MemoryMagics:
                 del table[kind][name]
     registry = ipython.magics_manager.registry
-    registry.pop(MemoryMagics.__name__, None)
+    instance = registry.pop(MemoryMagics.__name__, None)
+    if instance is not None:
+        instance.close_memwatch()
+        if instance in getattr(ipython, "configurables", ()):
+            ipython.configurables.remove(instance)
     close_shared_probe()

@@ -9,9 +9,12 @@ from __future__ import annotations
 
 from typing import Any
 
-from IPython.core.magic import Magics, line_cell_magic, magics_class, no_var_expand
+from IPython.core.error import UsageError
+from IPython.core.magic import Magics, line_cell_magic, line_magic, magics_class, no_var_expand
+from traitlets import Bool, Float
 
 from . import engine
+from .live import MemWatch, live_view
 from .models import MemitResult
 from .render import memit_html, memit_text
 from .shell import (
@@ -38,12 +41,22 @@ MEMIT_OPTS = (
     Opt("v", "Store the MemitResult in the user namespace under NAME.", "NAME", identifier),
     Opt("heap", "Also trace the Python heap with tracemalloc and report its peak (slows allocation-heavy code)."),
     Opt("precision", "Decimal places of the MiB figures (default 2).", "N", non_negative_int, 2),
+    Opt("no-live", "No live chart while the statement runs (see also %config MemoryMagics.live)."),
 )
 
 
 @magics_class
 class MemoryMagics(Magics):
-    """ipymem's magics: ``%memit``."""
+    """ipymem's magics: ``%memit``, ``%memwatch``."""
+
+    live = Bool(
+        True,
+        help="Show a live memory chart while a magic runs, in frontends that display widgets. "
+        "Set False where detection is wrong (e.g. jupyter console) or to keep notebooks small.",
+    ).tag(config=True)
+    live_refresh = Float(0.5, help="Fastest redraw of the live chart, in seconds.").tag(config=True)
+
+    _memwatch: MemWatch | None = None
 
     @no_var_expand
     @line_cell_magic
@@ -56,17 +69,55 @@ class MemoryMagics(Magics):
         if setup:
             run_setup, _ = compile_user_code(self.shell, setup)
             run_setup()
-        result, error = engine.memit(
-            run,
-            repeat=args.r,
-            timeout=args.t,
-            interval=args.i,
-            include_children=args.c,
-            trace_heap=args.heap,
-            statement=statement,
-            setup=setup,
-        )
+        sampler = engine.Sampler(engine.shared_probe(), interval=args.i, include_children=args.c)
+        with self._live("%memit", args, sampler=sampler) as view:
+            result, error = engine.memit(
+                run,
+                repeat=args.r,
+                timeout=args.t,
+                interval=args.i,
+                include_children=args.c,
+                trace_heap=args.heap,
+                statement=statement,
+                setup=setup,
+                sampler=sampler,
+            )
+            if not result.ok:
+                view.note(result.outcome)
         return self._finish(result, error, args, memit_text, memit_html)
+
+    def _live(self, title: str, args: Any, **kwargs: Any) -> Any:
+        """The live view for one run of a magic (a no-op view when off or unsupported)."""
+        enabled = self.live and not args.no_live and not args.q
+        return live_view(self.shell, title=title, enabled=enabled, heap=args.heap, refresh=self.live_refresh, **kwargs)
+
+    @line_magic
+    def memwatch(self, line: str = "") -> None:
+        """Watch memory in every cell: ``%memwatch on`` / ``%memwatch off``.
+
+        While on, every cell shows a live memory chart as it runs (in frontends
+        that display widgets) and one line afterwards::
+
+          used +12.00 MiB, peak +40.00 MiB above start, 1.52 s
+
+        There is no fixed delay per cell.  ``%memwatch`` alone says whether it is on.
+        """
+        arg = line.strip().lower()
+        if arg == "on":
+            if self._memwatch is None:
+                self._memwatch = MemWatch(self.shell, live=lambda: self.live, refresh=self.live_refresh)
+                self._memwatch.on()
+        elif arg == "off":
+            self.close_memwatch()
+        elif arg:
+            raise UsageError(f"%memwatch: expected 'on' or 'off', got {line.strip()!r}\nUsage: %memwatch on|off")
+        else:
+            print(f"memwatch is {'on' if self._memwatch is not None else 'off'}")
+
+    def close_memwatch(self) -> None:
+        watch, self._memwatch = self._memwatch, None
+        if watch is not None:
+            watch.off()
 
     def _finish(self, result: Any, error: BaseException | None, args: Any, text: Any, html: Any) -> Any:
         """Show, store, then re-raise the user's exception or return the result for ``-o``."""

@@ -1,0 +1,188 @@
+"""Timeline -> matplotlib chart: one drawing routine for the live view, the final image and ``plot()``.
+
+Only the object-oriented matplotlib API is used (``Figure`` +
+``FigureCanvasAgg``): no pyplot, so the user's current figure, backend and
+``plt.show()`` are never touched.  matplotlib is imported when a chart is
+first built, not when this module is imported.
+
+A :class:`Chart` keeps its figure and artists between frames and only
+replaces their data, which is what makes a redraw cheap (~15-20 ms of CPU
+for a 600x200 PNG here; a filled area under the line cost ~8 ms more and was
+dropped, and live frames use fast PNG compression).  Series are downsampled to about two points per pixel
+column before drawing, keeping each column's minimum and maximum, so the
+drawn line shows every peak however many samples there are.
+"""
+
+from __future__ import annotations
+
+import io
+from collections.abc import Sequence
+from typing import Any, NamedTuple
+
+MiB = 1024 * 1024
+
+#: Pixel size of the chart (width, height) at :data:`DPI`.
+SIZE = (600, 200)
+DPI = 100
+
+_RSS_COLOR = "#1f77b4"
+_HEAP_COLOR = "#ff7f0e"
+_MARK_COLOR = "#555555"
+
+
+class Marker(NamedTuple):
+    """A moment on the chart: ``kind`` is ``"start"``, ``"end"`` or ``"point"``."""
+
+    t: float
+    label: str
+    kind: str = "point"
+
+
+def downsample(points: Sequence[tuple[float, int]], buckets: int) -> list[tuple[float, int]]:
+    """At most ``2 * buckets`` points: each bucket's minimum and maximum, in time order.
+
+    The highest and the lowest reading of the input are always kept, as are the
+    first and the last, so the chart's peak is the timeline's peak.
+    """
+    n = len(points)
+    if n <= 2 * buckets or buckets < 1:
+        return list(points)
+    out: list[tuple[float, int]] = []
+    step = n / buckets
+    for b in range(buckets):
+        chunk = points[int(b * step) : int((b + 1) * step)]
+        if not chunk:
+            continue
+        lo = min(range(len(chunk)), key=lambda i: chunk[i][1])
+        hi = max(range(len(chunk)), key=lambda i: chunk[i][1])
+        for i in sorted({lo, hi}):
+            out.append(chunk[i])
+    if out[0] != points[0]:
+        out.insert(0, points[0])
+    if out[-1] != points[-1]:
+        out.append(points[-1])
+    return out
+
+
+class Chart:
+    """A reusable chart of RSS (and optionally the Python heap) over elapsed seconds.
+
+    ``update()`` replaces the data; ``png()`` renders it.  Not thread-safe:
+    one thread draws a given chart at a time.
+    """
+
+    def __init__(self, size: tuple[int, int] = SIZE, dpi: int = DPI) -> None:
+        from matplotlib.backends.backend_agg import FigureCanvasAgg
+        from matplotlib.figure import Figure
+
+        self.figure = Figure(figsize=(size[0] / dpi, size[1] / dpi), dpi=dpi)
+        self.canvas = FigureCanvasAgg(self.figure)
+        self.ax = ax = self.figure.add_subplot(1, 1, 1)
+        self.buckets = size[0] // 2  # up to two points (min and max) per two pixel columns
+        ax.set_xlabel("elapsed (s)", fontsize=8)
+        ax.set_ylabel("MiB", fontsize=8)
+        ax.tick_params(labelsize=7)
+        ax.grid(True, linewidth=0.4, alpha=0.5)
+        for side in ("top", "right"):
+            ax.spines[side].set_visible(False)
+        (self._rss,) = ax.plot([], [], color=_RSS_COLOR, linewidth=1.4, label="RSS")
+        (self._heap,) = ax.plot([], [], color=_HEAP_COLOR, linewidth=1.2, label="Python heap (tracemalloc)")
+        self._peak = ax.axhline(0, color=_RSS_COLOR, linewidth=0.8, linestyle=":", visible=False)
+        self._marks: list[Any] = []
+        self._marks_drawn = 0
+        self._legend: Any = None
+        self._title = ax.set_title("", fontsize=9, loc="left")
+        self.figure.subplots_adjust(left=0.1, right=0.98, top=0.86, bottom=0.22)
+
+    def update(
+        self,
+        samples: Sequence[tuple[float, int]],
+        heap: Sequence[tuple[float, int]] | None = None,
+        markers: Sequence[Marker] = (),
+        title: str = "",
+    ) -> None:
+        ax = self.ax
+        pts = downsample(samples, self.buckets)
+        xs = [p[0] for p in pts]
+        ys = [p[1] / MiB for p in pts]
+        self._rss.set_data(xs, ys)
+        if ys:
+            self._peak.set_ydata([max(ys), max(ys)])
+            self._peak.set_visible(True)
+        hpts = downsample(heap, self.buckets) if heap else []
+        self._heap.set_data([p[0] for p in hpts], [p[1] / MiB for p in hpts])
+        self._heap.set_visible(bool(hpts))
+        if hpts and self._legend is None:
+            self._legend = ax.legend(loc="upper left", fontsize=7, frameon=False)
+        self._draw_markers(markers)
+        self._title.set_text(title)
+        ax.relim(visible_only=True)
+        ax.autoscale_view()
+        right = max([xs[-1] if xs else 0.0, *(m.t for m in markers)], default=0.0)
+        ax.set_xlim(0, max(right, 1.0))
+        lo, hi = ax.get_ylim()
+        if hi - lo < 1:  # flat memory: keep a readable scale instead of magnifying noise
+            mid = (hi + lo) / 2
+            ax.set_ylim(mid - 0.5, mid + 0.5)
+
+    def _draw_markers(self, markers: Sequence[Marker]) -> None:
+        if len(markers) < self._marks_drawn:  # a new series of markers: start over
+            for artist in self._marks:
+                artist.remove()
+            self._marks, self._marks_drawn = [], 0
+        for m in markers[self._marks_drawn :]:
+            style = {"start": "-", "end": "--"}.get(m.kind, ":")
+            self._marks.append(self.ax.axvline(m.t, color=_MARK_COLOR, linewidth=0.8, linestyle=style))
+            if m.kind != "end" and m.label:
+                self._marks.append(
+                    self.ax.annotate(
+                        m.label,
+                        (m.t, 1.0),
+                        xycoords=("data", "axes fraction"),
+                        xytext=(2, -2),
+                        textcoords="offset points",
+                        fontsize=6,
+                        color=_MARK_COLOR,
+                        va="top",
+                        rotation=90,
+                    )
+                )
+        self._marks_drawn = len(markers)
+
+    def png(self, fast: bool = False) -> bytes:
+        """Render to PNG; ``fast`` trades ~10% larger files for ~5 ms less zlib time (live frames)."""
+        buf = io.BytesIO()
+        self.canvas.print_png(buf, pil_kwargs={"compress_level": 1} if fast else None)
+        return buf.getvalue()
+
+
+def plot_timeline(
+    samples: Sequence[tuple[float, int]],
+    heap: Sequence[tuple[float, int]] | None = None,
+    markers: Sequence[Marker] = (),
+    title: str = "",
+    size: tuple[int, int] = SIZE,
+    dpi: int = DPI,
+) -> Any:
+    """A new matplotlib ``Figure`` of a timeline of ``(t, bytes)`` samples (no pyplot involved).
+
+    ``heap`` is an optional second series (Python heap), ``markers`` are
+    vertical lines at moments such as the start and end of profiled calls.
+    """
+    chart = Chart(size, dpi)
+    chart.update(samples, heap, markers, title)
+    return chart.figure
+
+
+def render_png(
+    samples: Sequence[tuple[float, int]],
+    heap: Sequence[tuple[float, int]] | None = None,
+    markers: Sequence[Marker] = (),
+    title: str = "",
+    size: tuple[int, int] = SIZE,
+    dpi: int = DPI,
+) -> bytes:
+    """PNG bytes of :func:`plot_timeline`'s chart."""
+    chart = Chart(size, dpi)
+    chart.update(samples, heap, markers, title)
+    return chart.png()
