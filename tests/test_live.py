@@ -447,3 +447,16 @@ def test_memwatch_off_inside_a_watched_cell_closes_its_view(ip):
     watch.off()
     assert live_threads() == []
     watch.post_run_cell()  # no longer registered; harmless if called
+
+
+def test_chart_limits_follow_the_data_frame_after_frame():
+    from ipymem.live.chart import Chart
+
+    chart = Chart()
+    chart.update([])  # an empty first frame must not freeze the scale
+    chart.update([Sample(0.0, 100 * MiB), Sample(2.0, 300 * MiB)])
+    lo, hi = chart.ax.get_ylim()
+    assert lo <= 100 <= 300 <= hi < 400
+    assert chart.ax.get_xlim()[1] >= 2.0
+    chart.update([Sample(0.0, 100 * MiB), Sample(9.0, 900 * MiB)])
+    assert chart.ax.get_ylim()[1] >= 900 and chart.ax.get_xlim()[1] >= 9.0

@@ -116,14 +116,16 @@ class Chart:
             self._legend = ax.legend(loc="upper left", fontsize=7, frameon=False)
         self._draw_markers(markers)
         self._title.set_text(title)
-        ax.relim(visible_only=True)
-        ax.autoscale_view()
+        # Limits computed here, not by autoscaling (set_*lim would switch autoscaling off for good).
         right = max([xs[-1] if xs else 0.0, *(m.t for m in markers)], default=0.0)
-        ax.set_xlim(0, max(right, 1.0))
-        lo, hi = ax.get_ylim()
+        ax.set_xlim(0, max(right * 1.02, 1.0))
+        values = ys + [p[1] / MiB for p in hpts]
+        lo, hi = (min(values), max(values)) if values else (0.0, 0.0)
+        pad = (hi - lo) * 0.08
         if hi - lo < 1:  # flat memory: keep a readable scale instead of magnifying noise
             mid = (hi + lo) / 2
-            ax.set_ylim(mid - 0.5, mid + 0.5)
+            lo, hi, pad = mid - 0.5, mid + 0.5, 0.0
+        ax.set_ylim(lo - pad, hi + pad)
 
     def _draw_markers(self, markers: Sequence[Marker]) -> None:
         if len(markers) < self._marks_drawn:  # a new series of markers: start over
@@ -141,10 +143,10 @@ class Chart:
                         xycoords=("data", "axes fraction"),
                         xytext=(2, -2),
                         textcoords="offset points",
-                        fontsize=6,
+                        fontsize=7,
                         color=_MARK_COLOR,
                         va="top",
-                        rotation=90,
+                        rotation=0,
                     )
                 )
         self._marks_drawn = len(markers)

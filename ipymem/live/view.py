@@ -336,7 +336,9 @@ class LiveView:
         return samples[0].rss, tl.last.rss if tl.last else samples[-1].rss, tl.max_value
 
     def _elapsed(self) -> float:
-        return self.clock() - self._t0
+        """Seconds on the chart's clock (the sampler's) once it runs, else since the view started."""
+        elapsed = self.sampler.elapsed()
+        return elapsed if elapsed > 0 else self.clock() - self._t0
 
     def _summary(self) -> str:
         start, now, peak = self._figures()
