@@ -215,15 +215,15 @@ def test_markers_are_bounded():
 def test_slow_draws_slow_the_refresh_down(monkeypatch):
     from ipymem.live import chart
 
-    real_png = chart.Chart.png
+    real_png = chart.Chart.live_png
 
-    def slow_png(self, fast=False):
+    def slow_png(self):
         t = time.thread_time()
         while time.thread_time() - t < 0.05:  # 50 ms of CPU per frame
             pass
-        return real_png(self, fast)
+        return real_png(self)
 
-    monkeypatch.setattr(chart.Chart, "png", slow_png)
+    monkeypatch.setattr(chart.Chart, "live_png", slow_png)
     fe = FakeFrontend()
     with make_view(fe, refresh=0.01, budget=0.1):  # 50 ms / 10% -> at least 0.5 s between frames
         time.sleep(1.3)
@@ -235,12 +235,13 @@ def test_a_drawing_error_turns_the_view_off_and_says_so_once(monkeypatch):
 
     calls = []
 
-    def broken_png(self, fast=False):
+    def broken_png(self):
         calls.append(1)
         if len(calls) > 1:
             raise ValueError("no fonts today")
         return b"\x89PNG\r\n\x1a\nfirst"
 
+    monkeypatch.setattr(chart.Chart, "live_png", broken_png)
     monkeypatch.setattr(chart.Chart, "png", broken_png)
     fe = FakeFrontend()
     ran = False
@@ -460,3 +461,33 @@ def test_chart_limits_follow_the_data_frame_after_frame():
     assert chart.ax.get_xlim()[1] >= 2.0
     chart.update([Sample(0.0, 100 * MiB), Sample(9.0, 900 * MiB)])
     assert chart.ax.get_ylim()[1] >= 900 and chart.ax.get_xlim()[1] >= 9.0
+
+
+def test_live_frames_reuse_the_background_and_match_a_full_render():
+    import io
+
+    from PIL import Image
+
+    from ipymem.live.chart import Chart
+
+    chart = Chart()
+    samples = [Sample(i * 0.01, (100 + i % 50) * MiB) for i in range(300)]
+    chart.update(samples, sticky=True)
+    first = chart.live_png()
+    key = chart._background_key
+    chart.update(samples[:-5], sticky=True)  # data still fits: the background is reused
+    chart.live_png()
+    assert chart._background_key == key
+    chart.update([*samples, Sample(60.0, 900 * MiB)], sticky=True)  # out of bounds: limits grow
+    chart.live_png()
+    assert chart._background_key != key
+    assert chart.ax.get_xlim()[1] >= 60 and chart.ax.get_ylim()[1] >= 900
+    # the restored-background frame looks like a full render of the same state (drawing
+    # order on the grid lines changes a few anti-aliased pixels, nothing more)
+    chart.update(samples, sticky=True)
+    fast = Image.open(io.BytesIO(chart.live_png())).convert("L")
+    full = Image.open(io.BytesIO(chart.png())).convert("L")
+    assert fast.size == full.size == (600, 200)
+    differ = sum(abs(a - b) > 40 for a, b in zip(fast.tobytes(), full.tobytes(), strict=True))
+    assert differ < 0.005 * 600 * 200, differ
+    assert first.startswith(PNG_MAGIC)

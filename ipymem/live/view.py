@@ -323,8 +323,8 @@ class LiveView:
         with self._lock:
             markers = list(self.markers)
         title = self._summary() if final else ""
-        self._chart.update(samples, heap, markers, title)
-        png = self._chart.png(fast=not final)
+        self._chart.update(samples, heap, markers, title, sticky=not final)
+        png = self._chart.png() if final else self._chart.live_png()
         self.frames += 1
         return png, self._label(live=not final)
 
