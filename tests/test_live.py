@@ -425,8 +425,11 @@ def test_memwatch_with_a_live_frontend(ip):
 
     watch = MemWatch(ip.ip, live=True, refresh=0.02, frontend=factory)
     watch.on()
+    chart = watch.chart
+    assert chart is not None  # built by `on`, so no watched cell pays for matplotlib
     try:
         ip.run_cell("import time; time.sleep(0.6)")
+        assert watch.chart is chart
         ip.run_cell("y = 1")
     finally:
         watch.off()

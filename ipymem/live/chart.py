@@ -102,6 +102,12 @@ class Chart:
         self._background_key: Any = None
         self.figure.subplots_adjust(left=0.1, right=0.98, top=0.86, bottom=0.22)
 
+    def reset(self) -> None:
+        """Forget the previous series (a chart reused for a new cell)."""
+        self._draw_markers(())
+        self._limits_set = False
+        self._background_key = None
+
     def update(
         self,
         samples: Sequence[tuple[float, int]],
@@ -141,8 +147,8 @@ class Chart:
             cx1 = ax.get_xlim()[1]
             cy0, cy1 = ax.get_ylim()
             x1 = cx1 if right <= cx1 and self._limits_set else max(right * 1.5, right + 5.0)
-            if not (self._limits_set and cy0 <= lo and hi <= cy1 and (cy1 - cy0) <= 3 * (hi - lo + 1)):
-                span = max(hi - lo, 1.0)
+            span = max(hi - lo, 0.05 * abs(hi), 1.0)  # flat memory still gets a few % of headroom
+            if not (self._limits_set and cy0 <= lo and hi <= cy1 and (cy1 - cy0) <= 3 * span):
                 y0, y1 = lo - 0.1 * span, hi + 0.35 * span
             else:
                 y0, y1 = cy0, cy1

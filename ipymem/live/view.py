@@ -41,6 +41,7 @@ from typing import Any
 
 from ..engine.probes import shared_probe
 from ..engine.sampler import THREAD_PREFIX, Sampler
+from ..models import Sample
 from .chart import SIZE, Marker
 
 MiB = 1024 * 1024
@@ -113,6 +114,8 @@ class WidgetFrontend:
         self.handle = display(self.box, display_id=True)
 
     def update(self, png: bytes | None, label: str) -> None:
+        if self.image.comm is None:  # closed under us: stop drawing rather than update nothing
+            raise ConnectionError("the chart widget was closed")
         if png is not None:
             self.image.value = png
         self.label.value = label
@@ -158,7 +161,10 @@ class LiveView:
     ``interval``.  ``heap``: also chart the Python heap (automatic when
     tracemalloc is already tracing).  ``first_frame``: draw one frame before
     showing the widget (imports matplotlib before the caller's baseline);
-    ``%memwatch`` turns it off so short cells pay nothing for drawing.
+    ``%memwatch`` turns it off so short cells pay nothing for drawing, and
+    passes ``chart``, one :class:`~ipymem.live.chart.Chart` built when the
+    watch starts and reused cell after cell, so no cell is charged for
+    importing matplotlib or allocating a figure.
     """
 
     enabled = True
@@ -174,6 +180,7 @@ class LiveView:
         budget: float = BUDGET,
         interval: float = 0.02,
         first_frame: bool = True,
+        chart: Any = None,
         clock: Callable[[], float] = time.perf_counter,
     ) -> None:
         self.frontend = frontend
@@ -193,7 +200,9 @@ class LiveView:
         self.frame_costs: list[float] = []
         self.error: str | None = None
         self.shown = False
-        self._chart: Any = None
+        self._chart: Any = chart  # a Chart to reuse (views that never overlap), else made on the first frame
+        if chart is not None:
+            chart.reset()
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -319,6 +328,11 @@ class LiveView:
         if self._chart is None:
             self._chart = Chart()
         samples = self.sampler.timeline.samples()
+        if not samples and not final:
+            # Before the sampler's first reading (a caller's sampler not started yet): one reading
+            # now, so the first frame's scale is already right and the next frame can reuse it.
+            with contextlib.suppress(Exception):
+                samples = (Sample(0.0, self.sampler.read()),)
         heap = self.heap_sampler.timeline.samples() if self.heap_sampler is not None else None
         with self._lock:
             markers = list(self.markers)

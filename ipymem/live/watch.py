@@ -36,10 +36,23 @@ class MemWatch:
         self.refresh = refresh
         self.probe = shared_probe()
         self.view: Any = None
+        self.chart: Any = None
         self._start: tuple[int, float] | None = None
         self.lines: list[str] = []
 
     def on(self) -> None:
+        from .view import widgets_supported
+
+        live = self.live() if callable(self.live) else self.live
+        if live and (self.frontend is not None or widgets_supported(self.shell)):
+            # Import matplotlib and build the figure now, in the %memwatch cell, so no watched cell pays for it.
+            try:
+                from .chart import Chart
+
+                self.chart = Chart()
+                self.chart.live_png()
+            except Exception:
+                self.chart = None  # each view will try, and turn itself off with a message if it cannot
         events = self.shell.events
         events.register("pre_run_cell", self.pre_run_cell)
         events.register("post_run_cell", self.post_run_cell)
@@ -51,6 +64,7 @@ class MemWatch:
                 events.unregister(name, callback)
         self._close_view(None)
         self._start = None
+        self.chart = None
 
     # -- events -------------------------------------------------------------------
     def pre_run_cell(self, info: Any = None) -> None:
@@ -66,6 +80,7 @@ class MemWatch:
             refresh=self.refresh,
             interval=0.05,
             frontend=self.frontend() if self.frontend is not None else None,
+            chart=self.chart,
         )
         if not self.view.enabled:
             self.view = None
