@@ -87,9 +87,16 @@ class MemoryMagics(Magics):
         return self._finish(result, error, args, memit_text, memit_html)
 
     def _live(self, title: str, args: Any, **kwargs: Any) -> Any:
-        """The live view for one run of a magic (a no-op view when off or unsupported)."""
-        enabled = self.live and not args.no_live and not args.q
-        return live_view(self.shell, title=title, enabled=enabled, heap=args.heap, refresh=self.live_refresh, **kwargs)
+        """The live view for one run of a magic (a no-op view when off or unsupported).
+
+        Any magic adopts it with an ``Opt("no-live", ...)`` in its table and
+        ``with self._live("%name", args) as view: ...`` around its engine call;
+        ``view.mark(label, "start"/"end")`` marks moments on the chart.  Honours
+        ``--no-live``, ``-q`` and ``--heap`` when the magic has them.
+        """
+        enabled = self.live and not getattr(args, "no_live", False) and not getattr(args, "q", False)
+        heap = bool(getattr(args, "heap", False))
+        return live_view(self.shell, title=title, enabled=enabled, heap=heap, refresh=self.live_refresh, **kwargs)
 
     @line_magic
     def memwatch(self, line: str = "") -> None:
