@@ -129,7 +129,7 @@ class Chart:
         hpts = downsample(heap, self.buckets) if heap else []
         self._heap.set_data([p[0] for p in hpts], [p[1] / MiB for p in hpts])
         self._heap.set_visible(bool(hpts))
-        if hpts and self._legend is None:
+        if heap is not None and self._legend is None:  # a heap series, even empty yet: legend from the start
             self._legend = ax.legend(loc="upper left", fontsize=7, frameon=False)
         self._draw_markers(markers)
         self._title.set_text(title)
@@ -148,8 +148,12 @@ class Chart:
             cy0, cy1 = ax.get_ylim()
             x1 = cx1 if right <= cx1 and self._limits_set else max(right * 1.5, right + 5.0)
             span = max(hi - lo, 0.05 * abs(hi), 1.0)  # flat memory still gets a few % of headroom
+            if heap is not None:  # two series on one axis: from 0, so the heap's arrival changes nothing
+                lo, span = 0.0, max(hi, 1.0)
             if not (self._limits_set and cy0 <= lo and hi <= cy1 and (cy1 - cy0) <= 3 * span):
                 y0, y1 = lo - 0.1 * span, hi + 0.35 * span
+                if heap is not None:
+                    y0 = 0.0
             else:
                 y0, y1 = cy0, cy1
         ax.set_xlim(0, x1)
@@ -196,7 +200,7 @@ class Chart:
         from PIL import Image
 
         key = (self.ax.get_xlim(), self.ax.get_ylim(), self._marks_drawn, self._title.get_text(),
-               self._heap.get_visible(), self.canvas.get_width_height())  # fmt: skip
+               self._legend is not None, self.canvas.get_width_height())  # fmt: skip
         if key != self._background_key:
             for artist in self._dynamic:
                 artist.set_animated(True)  # left out of canvas.draw(): the background has no lines

@@ -188,7 +188,11 @@ class LiveView:
         self.own_sampler = sampler is None
         self.sampler = sampler if sampler is not None else Sampler(shared_probe(), interval=interval)
         self.heap = heap or tracemalloc.is_tracing()
-        self.heap_sampler = Sampler(_HeapProbe(), interval=max(interval, 0.02)) if self.heap else None
+        # The heap sampler reads the RSS sampler's clock, so both series share one time axis even
+        # when the RSS sampler is a caller's that starts later.
+        self.heap_sampler = (
+            Sampler(_HeapProbe(), interval=max(interval, 0.02), clock=self.sampler.elapsed) if self.heap else None
+        )
         self.refresh = refresh
         self.budget = budget
         self.first_frame = first_frame
@@ -238,10 +242,10 @@ class LiveView:
         with _active_lock:
             _active.append(self)
         try:
+            if self.heap_sampler is not None:  # first: its clock origin is then the RSS sampler's
+                self.heap_sampler.start()
             if self.own_sampler:
                 self.sampler.start()
-            if self.heap_sampler is not None:
-                self.heap_sampler.start()
             png = label = None
             if self.first_frame:
                 png, label = self._frame()
@@ -350,9 +354,8 @@ class LiveView:
         return samples[0].rss, tl.last.rss if tl.last else samples[-1].rss, tl.max_value
 
     def _elapsed(self) -> float:
-        """Seconds on the chart's clock (the sampler's) once it runs, else since the view started."""
-        elapsed = self.sampler.elapsed()
-        return elapsed if elapsed > 0 else self.clock() - self._t0
+        """Seconds on the chart's clock: the RSS sampler's (0 until it starts)."""
+        return self.sampler.elapsed()
 
     def _summary(self) -> str:
         start, now, peak = self._figures()
