@@ -494,3 +494,18 @@ def test_live_frames_reuse_the_background_and_match_a_full_render():
     differ = sum(abs(a - b) > 40 for a, b in zip(fast.tobytes(), full.tobytes(), strict=True))
     assert differ < 0.005 * 600 * 200, differ
     assert first.startswith(PNG_MAGIC)
+
+
+def test_close_is_idempotent_and_magics_without_live_options_get_a_view(ip):
+    fe = FakeFrontend()
+    view = make_view(fe)
+    with view:
+        pass
+    view.close()
+    assert len(fe.finished) == 1
+
+    class Args:  # a magic whose table has no --no-live, -q or --heap
+        pass
+
+    magics = ip.ip.magics_manager.registry["MemoryMagics"]
+    assert isinstance(magics._live("%other", Args()), NullView)  # terminal shell: no widgets

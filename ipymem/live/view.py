@@ -201,7 +201,9 @@ class LiveView:
         self.markers_dropped = 0
         self.notes: list[str] = []
         self.frames = 0
-        self.frame_costs: list[float] = []
+        # (seconds since start, CPU seconds, wall seconds) of the drawing thread's recent frames
+        self.frame_costs: list[tuple[float, float, float]] = []
+        self.closed = False
         self.error: str | None = None
         self.shown = False
         self._chart: Any = chart  # a Chart to reuse (views that never overlap), else made on the first frame
@@ -261,7 +263,12 @@ class LiveView:
         self._thread.start()
 
     def close(self, replace_with: dict[str, Any] | None = None) -> None:
-        """Stop the threads, then put the final chart (or ``replace_with``, a mime bundle) in the view's place."""
+        """Stop the threads, then put the final chart (or ``replace_with``, a mime bundle) in the view's place.
+
+        Idempotent: a second call does nothing."""
+        if self.closed:
+            return
+        self.closed = True
         try:
             self._stop_threads()
         finally:
