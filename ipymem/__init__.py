@@ -26,7 +26,7 @@ __all__ = [
     "unload_ipython_extension",
 ]
 
-_MAGIC_NAMES = {"line": ("memit", "mprun", "memtrace"), "cell": ("memit", "mprun", "memtrace")}
+_MAGIC_NAMES = {"line": ("memit", "mprun", "memtrace", "memwatch"), "cell": ("memit", "mprun", "memtrace")}
 
 
 def load_ipython_extension(ipython: Any) -> None:
@@ -48,5 +48,9 @@ def unload_ipython_extension(ipython: Any) -> None:
             if getattr(func, "__self__", None).__class__ is MemoryMagics:
                 del table[kind][name]
     registry = ipython.magics_manager.registry
-    registry.pop(MemoryMagics.__name__, None)
+    instance = registry.pop(MemoryMagics.__name__, None)
+    if instance is not None:
+        instance.close_memwatch()
+        if instance in getattr(ipython, "configurables", ()):
+            ipython.configurables.remove(instance)
     close_shared_probe()

@@ -11,10 +11,12 @@ import functools
 from typing import Any
 
 from IPython.core.error import UsageError
-from IPython.core.magic import Magics, line_cell_magic, magics_class, no_var_expand
+from IPython.core.magic import Magics, line_cell_magic, line_magic, magics_class, no_var_expand
+from traitlets import Bool, Float
 
 from . import engine
 from .engine.linetrace import code_of, profile_lines
+from .live import MemWatch, live_view
 from .models import AllocResult, MemitResult, MprunResult
 from .render import alloc_html, alloc_text, memit_html, memit_text, mprun_html, mprun_text
 from .shell import (
@@ -45,6 +47,7 @@ MEMIT_OPTS = (
     Opt("v", "Store the MemitResult in the user namespace under NAME.", "NAME", identifier),
     Opt("heap", "Also trace the Python heap with tracemalloc and report its peak (slows allocation-heavy code)."),
     Opt("precision", "Decimal places of the MiB figures (default 2).", "N", non_negative_int, 2),
+    Opt("no-live", "No live chart while the statement runs (see also %config MemoryMagics.live)."),
 )
 
 MEMTRACE_TAIL = "statement"
@@ -85,6 +88,7 @@ MEMTRACE_OPTS = (
     Opt("o", "Return the AllocResult object."),
     Opt("q", "Quiet: print nothing."),
     Opt("v", "Store the AllocResult in the user namespace under NAME.", "NAME", identifier),
+    Opt("no-live", "No live memory chart while the statement runs."),
     Opt("precision", "Decimal places of the MiB figures (default 2).", "N", non_negative_int, 2),
 )
 
@@ -105,6 +109,7 @@ MPRUN_OPTS = (
     Opt("r", "Return the MprunResult object (memory_profiler's letter; same as -o)."),
     Opt("o", "Return the MprunResult object."),
     Opt("v", "Store the MprunResult in the user namespace under NAME.", "NAME", identifier),
+    Opt("no-live", "No live memory chart while the statement runs."),
     Opt("q", "Quiet: print nothing."),
     Opt("c", "Include the memory of child processes (sampled at the readings)."),
     Opt("precision", "Decimal places of the MiB figures (default 2).", "N", non_negative_int, 2),
@@ -120,7 +125,16 @@ MPRUN_OPTS = (
 
 @magics_class
 class MemoryMagics(Magics):
-    """ipymem's magics: ``%memit``, ``%mprun``, ``%memtrace``."""
+    """ipymem's magics: ``%memit``, ``%mprun``, ``%memtrace``, ``%memwatch``."""
+
+    live = Bool(
+        True,
+        help="Show a live memory chart while a magic runs, in frontends that display widgets. "
+        "Set False where detection is wrong (e.g. jupyter console) or to keep notebooks small.",
+    ).tag(config=True)
+    live_refresh = Float(0.5, help="Fastest redraw of the live chart, in seconds.").tag(config=True)
+
+    _memwatch: MemWatch | None = None
 
     @no_var_expand
     @line_cell_magic
@@ -133,6 +147,7 @@ class MemoryMagics(Magics):
         if setup:
             run_setup, _ = compile_user_code(self.shell, setup)
             run_setup()
+        sampler = engine.Sampler(engine.shared_probe(), interval=args.i, include_children=args.c)
         measure = functools.partial(
             engine.memit,
             run,
@@ -143,8 +158,12 @@ class MemoryMagics(Magics):
             trace_heap=args.heap,
             statement=statement,
             setup=setup,
+            sampler=sampler,
         )
-        result, error = call_engine(measure, run)
+        with self._live("%memit", args, sampler=sampler) as view:
+            result, error = call_engine(measure, run)
+            if not result.ok:
+                view.note(result.outcome)
         return self._finish(result, error, args, memit_text, memit_html)
 
     @no_var_expand
@@ -170,7 +189,10 @@ class MemoryMagics(Magics):
             statement=statement,
             setup=setup,
         )
-        result, error = call_engine(measure, run)
+        with self._live("%memtrace", args) as view:
+            result, error = call_engine(measure, run)
+            if not result.ok:
+                view.note(result.outcome)
         return self._finish(result, error, args, alloc_text, alloc_html)
 
     @no_var_expand
@@ -202,7 +224,10 @@ class MemoryMagics(Magics):
             statement=statement,
             label=self._label,
         )
-        result, error = call_engine(profile, run)
+        with self._live("%mprun", args) as view:
+            result, error = call_engine(profile, run)
+            if result.outcome != "ok":
+                view.note(result.outcome)
         if args.T:
             with open(args.T, "w", encoding="utf-8") as out:
                 out.write(mprun_text(result, args.precision) + "\n")
@@ -212,6 +237,46 @@ class MemoryMagics(Magics):
 
     def _label(self, filename: str) -> str:
         return cell_label(self.shell, filename)
+
+    def _live(self, title: str, args: Any, **kwargs: Any) -> Any:
+        """The live view for one run of a magic (a no-op view when off or unsupported).
+
+        Any magic adopts it with an ``Opt("no-live", ...)`` in its table and
+        ``with self._live("%name", args) as view: ...`` around its engine call;
+        ``view.mark(label, "start"/"end")`` marks moments on the chart.  Honours
+        ``--no-live``, ``-q`` and ``--heap`` when the magic has them.
+        """
+        enabled = self.live and not getattr(args, "no_live", False) and not getattr(args, "q", False)
+        heap = bool(getattr(args, "heap", False))
+        return live_view(self.shell, title=title, enabled=enabled, heap=heap, refresh=self.live_refresh, **kwargs)
+
+    @line_magic
+    def memwatch(self, line: str = "") -> None:
+        """Watch memory in every cell: ``%memwatch on`` / ``%memwatch off``.
+
+        While on, every cell shows a live memory chart as it runs (in frontends
+        that display widgets) and one line afterwards::
+
+          used +12.00 MiB, peak +40.00 MiB above start, 1.52 s
+
+        There is no fixed delay per cell.  ``%memwatch`` alone says whether it is on.
+        """
+        arg = line.strip().lower()
+        if arg == "on":
+            if self._memwatch is None:
+                self._memwatch = MemWatch(self.shell, live=lambda: self.live, refresh=self.live_refresh)
+                self._memwatch.on()
+        elif arg == "off":
+            self.close_memwatch()
+        elif arg:
+            raise UsageError(f"%memwatch: expected 'on' or 'off', got {line.strip()!r}\nUsage: %memwatch on|off")
+        else:
+            print(f"memwatch is {'on' if self._memwatch is not None else 'off'}")
+
+    def close_memwatch(self) -> None:
+        watch, self._memwatch = self._memwatch, None
+        if watch is not None:
+            watch.off()
 
     def _finish(self, result: Any, error: BaseException | None, args: Any, text: Any, html: Any) -> Any:
         """Show, store, then re-raise the user's exception or return the result for ``-o``."""

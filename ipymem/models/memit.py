@@ -146,6 +146,18 @@ class MemitResult:
         return data
 
     # -- display ----------------------------------------------------------
+    def plot(self, title: str | None = None) -> Any:
+        """The timeline as a new matplotlib ``Figure`` (made without pyplot), to style or ``savefig``.
+
+        Needs matplotlib.  The heap is not in the timeline (only its peak is
+        kept), so the chart shows RSS.
+        """
+        from ..live.chart import plot_timeline
+
+        if title is None:
+            title = f"%memit · peak {self.peak / 2**20:,.1f} MiB · increment {self.increment / 2**20:,.1f} MiB"
+        return plot_timeline(self.timeline, title=title)
+
     def __str__(self) -> str:
         from ..render.memit import memit_text
 

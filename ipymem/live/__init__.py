@@ -1,0 +1,25 @@
+"""Live memory charts while a cell runs (ipywidgets + matplotlib, both imported lazily).
+
+* :func:`live_view` -- the context manager the magics wrap their measurement in.
+* :class:`MemWatch` -- ``%memwatch on``: a live view for every cell and a compact line after it.
+* :func:`plot_timeline` / :func:`render_png` -- a timeline as a matplotlib Figure or PNG bytes
+  (what results' ``plot()`` uses).
+
+Importing this package imports neither matplotlib nor ipywidgets.
+"""
+
+from .chart import Marker, downsample, plot_timeline, render_png
+from .view import LiveView, NullView, live_view, widgets_supported
+from .watch import MemWatch
+
+__all__ = [
+    "LiveView",
+    "Marker",
+    "MemWatch",
+    "NullView",
+    "downsample",
+    "live_view",
+    "plot_timeline",
+    "render_png",
+    "widgets_supported",
+]
