@@ -215,16 +215,17 @@ class MemoryMagics(Magics):
         run, _ = compile_user_code(self.shell, statement)
         if not targets:  # %%mprun without -f: the cell body itself, line by line
             targets = [run.code]
-        profile = functools.partial(
-            profile_lines,
-            run,
-            targets,
-            backend=args.backend,
-            include_children=args.c,
-            statement=statement,
-            label=self._label,
-        )
         with self._live("%mprun", args) as view:
+            profile = functools.partial(
+                profile_lines,
+                run,
+                targets,
+                backend=args.backend,
+                include_children=args.c,
+                statement=statement,
+                label=self._label,
+                on_call=view.mark,  # each profiled call's start and end, marked on the chart
+            )
             result, error = call_engine(profile, run)
             if result.outcome != "ok":
                 view.note(result.outcome)

@@ -270,3 +270,19 @@ def test_portable_meter_via_psutil_and_the_heap_meter():
     lines = by_line(r, grow)
     assert 8 * 2**20 <= lines[1].increment < 9 * 2**20 and lines[3].increment < -7.9 * 2**20
     assert r.params.metric == "Python heap"
+
+
+def test_on_call_marks_the_outermost_entry_and_exit_of_profiled_code():
+    from ipymem.engine.linetrace import profile_lines
+
+    def fact(n):
+        return 1 if n <= 1 else n * fact(n - 1)
+
+    def outer():
+        fact(5)
+        fact(3)
+
+    marks = []
+    result, error = profile_lines(outer, [fact], on_call=lambda name, kind: marks.append((name, kind)))
+    assert error is None and result.function("fact").calls == 8
+    assert marks == [("fact", "start"), ("fact", "end"), ("fact", "start"), ("fact", "end")]  # recursion: once

@@ -320,8 +320,15 @@ class _Books:
     booking.  Everything else goes through :meth:`line_slow`.
     """
 
-    def __init__(self, stats: dict[CodeType, _Stats], meter: Any, gate_ns: int) -> None:
+    def __init__(
+        self,
+        stats: dict[CodeType, _Stats],
+        meter: Any,
+        gate_ns: int,
+        on_call: Callable[[str, str], None] | None = None,
+    ) -> None:
         self.stats = stats
+        self.on_call = on_call  # told when profiled code is entered from outside ("start") and left ("end")
         self.all_stats = list(stats.values())
         self.meter = meter
         self.gate = gate_ns
@@ -428,6 +435,8 @@ class _Books:
         self.cur = a.line
 
     def start(self, stats: _Stats) -> None:
+        if self.on_call is not None and not self.stack:
+            self.on_call(stats.code.co_name, "start")
         a = _Act(stats, self.value)
         stats.calls += 1
         self._enter(a)
@@ -468,6 +477,8 @@ class _Books:
             self.code, self.count, self.cur, self.lmap = top.code, top.stats.count, top.line, top.stats.lmap
         else:
             self.code, self.count, self.cur, self.lmap = None, [], None, []
+            if self.on_call is not None:
+                self.on_call(st.code.co_name, "end")
         self._arm()
         return a
 
@@ -829,6 +840,7 @@ def profile_lines(
     meter: Any = None,
     statement: str = "",
     label: Callable[[str], str] | None = None,
+    on_call: Callable[[str, str], None] | None = None,
 ) -> tuple[MprunResult, BaseException | None]:
     """Run ``func()`` and measure memory line by line in ``targets``; never swallows the caller's exception.
 
@@ -842,6 +854,8 @@ def profile_lines(
     ``'monitoring'`` or ``'settrace'``.  ``label`` maps a code object's file
     name to what the report shows (``Cell In[5]``).  ``meter`` overrides the
     memory reader: any object with ``read() -> (value, peak_since_last_read)``.
+    ``on_call(name, kind)`` is called when profiled code is entered from
+    outside (``"start"``) and left again (``"end"``): the live chart marks them.
 
     Returns ``(result, error)``: ``error`` is what ``func`` raised
     (KeyboardInterrupt included) or ``None``; the caller re-raises it after
@@ -879,7 +893,7 @@ def profile_lines(
                 if tracer == "monitoring":
                     raise RuntimeError("no free sys.monitoring tool id")
                 notes.append("all sys.monitoring tool ids are taken: fell back to sys.settrace (slower)")
-        books = _Books(stats, meter, int(min_interval * 1e9))
+        books = _Books(stats, meter, int(min_interval * 1e9), on_call)
         active: Any = _MonitoringTracer(books, tool) if tool is not None else _SettraceTracer(books)
         t0 = time.perf_counter()
         guard = _SigintGuard()
