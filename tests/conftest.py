@@ -9,6 +9,7 @@ a ``sys.monitoring`` tool id is still held, or tracemalloc's state differs.
 
 from __future__ import annotations
 
+import signal
 import sys
 import threading
 import time
@@ -37,6 +38,7 @@ def _state() -> dict:
         "tracemalloc": tracemalloc.is_tracing(),
         "frames": tracemalloc.get_traceback_limit() if tracemalloc.is_tracing() else None,
         "monitoring": _monitoring_tools(),
+        "sigint": signal.getsignal(signal.SIGINT),
     }
 
 
@@ -48,7 +50,7 @@ def no_leaks():
     while _ipymem_threads() and time.monotonic() < deadline:
         time.sleep(0.01)
     assert _ipymem_threads() == [], "ipymem threads left running"
-    assert _state() == before, "tracer, tracemalloc or monitoring state changed"
+    assert _state() == before, "tracer, tracemalloc, monitoring or SIGINT handler state changed"
 
 
 class Shell:

@@ -375,10 +375,12 @@ def alloctrace(
     duration = 0.0
     # Setup and teardown hold Ctrl-C (replayed as the user's interrupt with a report), so an
     # interrupt never lands between starting and stopping tracemalloc.
-    with deferred_interrupts() as held:
-        if not was_tracing:
-            tracemalloc.start(depth)
-    try:
+    started = False
+    try:  # the deferral is inside the try, so an interrupt landing just after it still reaches the finally
+        with deferred_interrupts() as held:
+            if not was_tracing:
+                tracemalloc.start(depth)
+                started = True
         with deferred_interrupts() as held_setup:
             if collect:
                 gc.collect()
@@ -404,9 +406,13 @@ def alloctrace(
                 error = _one_run(func, watcher)
                 duration += time.perf_counter() - t0
                 runs += 1
-                gc.collect()
-                groups, final_outside = aggregate(tracemalloc.take_snapshot(), attribute)
+                # Held: an interrupt landing in a gc callback would be lost, one in the snapshot wasted.
+                with deferred_interrupts() as held_run:
+                    gc.collect()
+                    groups, final_outside = aggregate(tracemalloc.take_snapshot(), attribute)
                 per_run.append(groups)
+                if held_run.received and error is None:
+                    error = KeyboardInterrupt()
                 if error is not None:
                     break
         except KeyboardInterrupt as exc:  # landed in our own work between or after runs
@@ -416,7 +422,7 @@ def alloctrace(
         rss_end = probe.rss()
     finally:
         with deferred_interrupts() as held:
-            if not was_tracing:
+            if started:
                 tracemalloc.stop()
         if held.received and error is None:
             error = KeyboardInterrupt()

@@ -71,14 +71,15 @@ def memit(
     error: BaseException | None = None
     timed_out = False
     started_tracemalloc = False
-    # gc.collect() is deferred too: an interrupt landing in a gc callback would be lost.
-    with deferred_interrupts() as held:
-        if params.trace_heap and not tracemalloc.is_tracing():
-            tracemalloc.start()
-            started_tracemalloc = True
-        if collect:
-            gc.collect()
     try:
+        # Inside the try, so an interrupt landing just after the deferral still reaches the finally.
+        # gc.collect() is deferred too: an interrupt landing in a gc callback would be lost.
+        with deferred_interrupts() as held:
+            if params.trace_heap and not tracemalloc.is_tracing():
+                tracemalloc.start()
+                started_tracemalloc = True
+            if collect:
+                gc.collect()
         if held.received:
             raise KeyboardInterrupt
         budget_start = time.perf_counter()
