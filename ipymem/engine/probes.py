@@ -177,6 +177,10 @@ class ProcfsProbe(_BaseProbe):
         self._clear_refs = None
         self.can_reset_peak = False
 
+    def __del__(self) -> None:
+        with contextlib.suppress(Exception):
+            self.close()
+
 
 class PsutilProbe(_BaseProbe):
     """Portable probe: psutil for RSS, ``ru_maxrss`` for a peak when it sets a new record."""
@@ -229,9 +233,14 @@ def shared_probe() -> Probe:
 
 
 def close_shared_probe() -> None:
-    """Close the process-wide probe (extension unload)."""
+    """Let go of the process-wide probe (extension unload).
+
+    It is not closed here: a measurement may still hold it (a cell that runs
+    ``%unload_ext ipymem`` inside ``%%memit``), and closing its file
+    descriptors under it would make it read a closed, or worse a reused,
+    descriptor.  The probe closes its descriptors when its last user drops it
+    (``ProcfsProbe.__del__``); the next :func:`shared_probe` opens a new one.
+    """
     global _shared
     with _shared_lock:
-        if _shared is not None:
-            _shared.close()
-            _shared = None
+        _shared = None
