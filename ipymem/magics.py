@@ -14,6 +14,7 @@ from IPython.core.error import UsageError
 from IPython.core.magic import Magics, line_cell_magic, magics_class, no_var_expand
 
 from . import engine
+from .engine.interrupts import deferred_interrupts
 from .engine.linetrace import code_of, profile_lines
 from .models import AllocResult, MemitResult, MprunResult
 from .render import alloc_html, alloc_text, memit_html, memit_text, mprun_html, mprun_text
@@ -216,10 +217,15 @@ class MemoryMagics(Magics):
     def _finish(self, result: Any, error: BaseException | None, args: Any, text: Any, html: Any) -> Any:
         """Show, store, then re-raise the user's exception or return the result for ``-o``."""
         __tracebackhide__ = True
-        if not args.q:
-            publish(text(result, args.precision), html(result, args.precision))
-        if args.v:
-            self.shell.user_ns[args.v] = result
+        # Ctrl-C while rendering is held until the report is out, then reaches the user: the
+        # measurement is complete, and losing its report to a keypress would waste the run.
+        with deferred_interrupts() as held:
+            if not args.q:
+                publish(text(result, args.precision), html(result, args.precision))
+            if args.v:
+                self.shell.user_ns[args.v] = result
+        if held.received and error is None:
+            error = KeyboardInterrupt()
         if error is not None:
             try:
                 raise error
