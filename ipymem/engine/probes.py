@@ -133,7 +133,14 @@ class ProcfsProbe(_BaseProbe):
             os.write(self._clear_refs, b"5")  # prove it works once, now
         except OSError:
             self._clear_refs = None
-        self.can_reset_peak = self._clear_refs is not None and self._hwm() is not None
+        try:  # prove a reading works too: a /proc that opens but reads empty or odd is not usable
+            if self.rss() <= 0:
+                raise ValueError("no resident pages in statm")
+            hwm = self._hwm()
+        except (OSError, ValueError, IndexError) as exc:
+            self.close()
+            raise OSError(f"{self._proc}/statm is not readable here: {exc!r}") from None
+        self.can_reset_peak = self._clear_refs is not None and hwm is not None
 
     def _check_pid(self) -> None:
         if os.getpid() != self._pid:
@@ -199,6 +206,14 @@ class PsutilProbe(_BaseProbe):
 
     def close(self) -> None:
         self._process = None
+
+
+def rss_note(probe: Probe) -> str | None:
+    """A note for reports whose RSS did not come from the fast path (``None`` when it did)."""
+    method = getattr(probe, "rss_method", None)
+    if method == ProcfsProbe.rss_method:
+        return None
+    return f"RSS read with {method} (/proc/self/statm is not usable here)"
 
 
 def make_probe(prefer: str = "auto") -> Probe:
