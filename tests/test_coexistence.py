@@ -70,7 +70,7 @@ def _assert_clean(ip, before: dict) -> None:
     assert _state_plus() == before
 
 
-def _timers_done(ip) -> None:
+def _timers_done(ip) -> None:  # ip: called where a shell is in play, for symmetry with _assert_clean
     for t in threading.enumerate():
         if isinstance(t, threading.Timer):
             t.join(5)
@@ -234,11 +234,6 @@ def f(n):
     b = bytearray(n)
     return len(a) + len(b)
 """
-
-
-def _cell_lines(events, ip):
-    code = ip.user_ns["f"].__code__
-    return [line for (c, line) in events if c is code]
 
 
 def test_mprun_and_memtrace_under_another_settrace_function(ip):
