@@ -15,6 +15,7 @@ from IPython.core.magic import Magics, line_cell_magic, line_magic, magics_class
 from traitlets import Bool, Float
 
 from . import engine
+from .engine.interrupts import deferred_interrupts
 from .engine.linetrace import code_of, profile_lines
 from .live import MemWatch, live_view
 from .models import AllocResult, MemitResult, MprunResult
@@ -282,10 +283,15 @@ class MemoryMagics(Magics):
     def _finish(self, result: Any, error: BaseException | None, args: Any, text: Any, html: Any) -> Any:
         """Show, store, then re-raise the user's exception or return the result for ``-o``."""
         __tracebackhide__ = True
-        if not args.q:
-            publish(text(result, args.precision), html(result, args.precision))
-        if args.v:
-            self.shell.user_ns[args.v] = result
+        # Ctrl-C while rendering is held until the report is out, then reaches the user: the
+        # measurement is complete, and losing its report to a keypress would waste the run.
+        with deferred_interrupts() as held:
+            if not args.q:
+                publish(text(result, args.precision), html(result, args.precision))
+            if args.v:
+                self.shell.user_ns[args.v] = result
+        if held.received and error is None:
+            error = KeyboardInterrupt()
         if error is not None:
             try:
                 raise error

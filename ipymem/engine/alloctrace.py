@@ -68,7 +68,7 @@ from ..models.alloc import (
     AllocResult,
 )
 from .interrupts import deferred_interrupts
-from .probes import Probe, shared_probe
+from .probes import Probe, rss_note, shared_probe
 
 #: A snapshot is taken when the traced heap exceeds the last one by this much (bytes) ...
 MIN_STEP = 1024 * 1024
@@ -434,6 +434,8 @@ def alloctrace(
     peak = _minus(peak_groups, before)
     retained_runs = [_minus(g, before) for g in per_run]
     entries, rest_peak, rest_retained, n_groups = _select(peak, retained_runs, code, top, repeat > 1)
+    if rss_note(probe):
+        notes.append(rss_note(probe))
     if watcher is not None and watcher.snapshots:
         notes.append(f"{watcher.snapshots} snapshot(s) taken during the run ({watcher.seconds:.3g} s)")
     outcome = "ok"

@@ -632,12 +632,22 @@ class _SettraceTracer:
 
             return chained
 
+        gettrace, settrace = sys.gettrace, sys.settrace
+
         def global_(frame: Any, event: str, arg: Any) -> Any:
-            old_local = old(frame, event, arg) if old is not None else None
+            old_local = None
+            if old is not None:
+                old_local = old(frame, event, arg)
+                # coverage.py's C tracer, called from Python on a 'call' event, reinstalls itself
+                # as the thread's trace function (its speed trick), which would silently end the
+                # profile: take the thread back (only from that function, never from a settrace(None)).
+                if tracer.active and gettrace() is old:
+                    settrace(global_)
             code = frame.f_code
             st = stats.get(code)
             if st is None or not tracer.active:
                 return old_local
+            frame.f_trace_lines = True  # the old function may have turned them off (%memtrace's watcher does)
             b.cur = cur
             if code.co_flags & _GEN_FLAGS and frame.f_lasti > st.fresh:  # a generator resumed
                 saved = b.suspended.pop(id(frame), None)

@@ -22,7 +22,7 @@ from collections.abc import Callable
 
 from ..models import ERROR, INTERRUPTED, MemitParams, MemitResult, MemitRun
 from .interrupts import deferred_interrupts
-from .probes import PEAK_SAMPLED, Probe, shared_probe
+from .probes import PEAK_SAMPLED, Probe, rss_note, shared_probe
 from .sampler import Sampler
 
 
@@ -102,6 +102,8 @@ def memit(
         if held.received and error is None:
             error = KeyboardInterrupt()
     notes = []
+    if rss_note(probe):
+        notes.append(rss_note(probe))
     if include_children and methods != {PEAK_SAMPLED}:
         notes.append("child processes are sampled: their share of the peak is a lower bound")
     if sampler.errors:

@@ -133,7 +133,14 @@ class ProcfsProbe(_BaseProbe):
             os.write(self._clear_refs, b"5")  # prove it works once, now
         except OSError:
             self._clear_refs = None
-        self.can_reset_peak = self._clear_refs is not None and self._hwm() is not None
+        try:  # prove a reading works too: a /proc that opens but reads empty or odd is not usable
+            if self.rss() <= 0:
+                raise ValueError("no resident pages in statm")
+            hwm = self._hwm()
+        except (OSError, ValueError, IndexError) as exc:
+            self.close()
+            raise OSError(f"{self._proc}/statm is not readable here: {exc!r}") from None
+        self.can_reset_peak = self._clear_refs is not None and hwm is not None
 
     def _check_pid(self) -> None:
         if os.getpid() != self._pid:
@@ -177,6 +184,10 @@ class ProcfsProbe(_BaseProbe):
         self._clear_refs = None
         self.can_reset_peak = False
 
+    def __del__(self) -> None:
+        with contextlib.suppress(Exception):
+            self.close()
+
 
 class PsutilProbe(_BaseProbe):
     """Portable probe: psutil for RSS, ``ru_maxrss`` for a peak when it sets a new record."""
@@ -195,6 +206,14 @@ class PsutilProbe(_BaseProbe):
 
     def close(self) -> None:
         self._process = None
+
+
+def rss_note(probe: Probe) -> str | None:
+    """A note for reports whose RSS did not come from the fast path (``None`` when it did)."""
+    method = getattr(probe, "rss_method", None)
+    if method == ProcfsProbe.rss_method:
+        return None
+    return f"RSS read with {method} (/proc/self/statm is not usable here)"
 
 
 def make_probe(prefer: str = "auto") -> Probe:
@@ -229,9 +248,14 @@ def shared_probe() -> Probe:
 
 
 def close_shared_probe() -> None:
-    """Close the process-wide probe (extension unload)."""
+    """Let go of the process-wide probe (extension unload).
+
+    It is not closed here: a measurement may still hold it (a cell that runs
+    ``%unload_ext ipymem`` inside ``%%memit``), and closing its file
+    descriptors under it would make it read a closed, or worse a reused,
+    descriptor.  The probe closes its descriptors when its last user drops it
+    (``ProcfsProbe.__del__``); the next :func:`shared_probe` opens a new one.
+    """
     global _shared
     with _shared_lock:
-        if _shared is not None:
-            _shared.close()
-            _shared = None
+        _shared = None
