@@ -141,13 +141,7 @@ class MemoryMagics(Magics):
     @line_cell_magic
     def memit(self, line: str = "", cell: str | None = None) -> MemitResult | None:
         __tracebackhide__ = True
-        args = parse("memit", line, MEMIT_OPTS, MEMIT_TAIL)
-        setup, statement = (None, args.rest) if cell is None else (args.rest or None, cell)
-        require_statement("memit", statement, MEMIT_OPTS, MEMIT_TAIL)
-        run, _ = compile_user_code(self.shell, statement)
-        if setup:
-            run_setup, _ = compile_user_code(self.shell, setup)
-            run_setup()
+        args, run, statement, setup = self._statement_and_setup("memit", line, cell, MEMIT_OPTS, MEMIT_TAIL)
         sampler = engine.Sampler(engine.shared_probe(), interval=args.i, include_children=args.c)
         measure = functools.partial(
             engine.memit,
@@ -171,13 +165,7 @@ class MemoryMagics(Magics):
     @line_cell_magic
     def memtrace(self, line: str = "", cell: str | None = None) -> AllocResult | None:
         __tracebackhide__ = True
-        args = parse("memtrace", line, MEMTRACE_OPTS, MEMTRACE_TAIL)
-        setup, statement = (None, args.rest) if cell is None else (args.rest or None, cell)
-        require_statement("memtrace", statement, MEMTRACE_OPTS, MEMTRACE_TAIL)
-        run, _ = compile_user_code(self.shell, statement)
-        if setup:
-            run_setup, _ = compile_user_code(self.shell, setup)
-            run_setup()
+        args, run, statement, setup = self._statement_and_setup("memtrace", line, cell, MEMTRACE_OPTS, MEMTRACE_TAIL)
         measure = functools.partial(
             engine.alloctrace,
             run,
@@ -239,6 +227,25 @@ class MemoryMagics(Magics):
 
     def _label(self, filename: str) -> str:
         return cell_label(self.shell, filename)
+
+    def _statement_and_setup(
+        self, magic: str, line: str, cell: str | None, opts: Any, tail: str
+    ) -> tuple[Any, Any, str, str | None]:
+        """Parse the options; compile the statement (line) or cell body, then run the setup (cell line).
+
+        As with ``%timeit``, a cell magic's line after the options is setup code,
+        run first and not measured.  Compiling first means a syntax error in the
+        body stops everything before the setup has any effect.
+        """
+        __tracebackhide__ = True
+        args = parse(magic, line, opts, tail)
+        setup, statement = (None, args.rest) if cell is None else (args.rest or None, cell)
+        require_statement(magic, statement, opts, tail)
+        run, _ = compile_user_code(self.shell, statement)
+        if setup:
+            run_setup, _ = compile_user_code(self.shell, setup)
+            run_setup()
+        return args, run, statement, setup
 
     def _live(self, title: str, args: Any, **kwargs: Any) -> Any:
         """The live view for one run of a magic (a no-op view when off or unsupported).

@@ -58,10 +58,9 @@ import tracemalloc
 from collections.abc import Callable, Mapping
 from typing import Any
 
+from ..models import outcome_of
 from ..models.alloc import (
-    ERROR,
     GROUPINGS,
-    INTERRUPTED,
     AllocEntry,
     AllocFrame,
     AllocParams,
@@ -438,11 +437,7 @@ def alloctrace(
         notes.append(rss_note(probe))
     if watcher is not None and watcher.snapshots:
         notes.append(f"{watcher.snapshots} snapshot(s) taken during the run ({watcher.seconds:.3g} s)")
-    outcome = "ok"
-    if isinstance(error, KeyboardInterrupt):
-        outcome = INTERRUPTED
-    elif error is not None:
-        outcome = ERROR
+    outcome, error_text = outcome_of(error)
     result = AllocResult(
         statement=statement,
         setup=setup,
@@ -463,7 +458,7 @@ def alloctrace(
         outside_retained_size=final_outside[0] - before_outside[0],
         snapshots=watcher.snapshots if watcher is not None else 0,
         outcome=outcome,
-        error=None if error is None else _describe_error(error),
+        error=error_text,
         notes=tuple(notes),
     )
     return result, error
@@ -524,9 +519,3 @@ def _select(
     rest_peak = sum(v[0] for k, v in peak.items() if k not in chosen_set)
     rest_retained = sum(v[0] for k, v in final.items() if k not in chosen_set)
     return tuple(entries), rest_peak, rest_retained, len(keys)
-
-
-def _describe_error(error: BaseException) -> str:
-    text = str(error)
-    name = type(error).__name__
-    return f"{name}: {text}" if text else name

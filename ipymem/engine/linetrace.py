@@ -58,7 +58,7 @@ from collections.abc import Callable, Iterable, Sequence
 from types import CodeType
 from typing import Any
 
-from ..models import ERROR, INTERRUPTED
+from ..models import outcome_of
 from ..models.lines import FunctionProfile, LineStats, MprunParams, MprunResult
 from .probes import Probe, shared_probe
 
@@ -937,7 +937,7 @@ def profile_lines(
         notes.append("never called: " + ", ".join(never))
     if include_children:
         notes.append("child processes are sampled at the readings: their share of the peaks is a lower bound")
-    outcome = "ok" if error is None else INTERRUPTED if isinstance(error, KeyboardInterrupt) else ERROR
+    outcome, error_text = outcome_of(error)
     result = MprunResult(
         functions=functions,
         params=MprunParams(
@@ -951,16 +951,10 @@ def profile_lines(
         duration=duration,
         readings=books.readings,
         outcome=outcome,
-        error=None if error is None else _describe_error(error),
+        error=error_text,
         notes=tuple(notes),
     )
     return result, error
-
-
-def _describe_error(error: BaseException) -> str:
-    text = str(error)
-    name = type(error).__name__
-    return f"{name}: {text}" if text else name
 
 
 def _code_lines(code: CodeType) -> set[int]:

@@ -20,7 +20,7 @@ import time
 import tracemalloc
 from collections.abc import Callable
 
-from ..models import ERROR, INTERRUPTED, MemitParams, MemitResult, MemitRun
+from ..models import MemitParams, MemitResult, MemitRun, outcome_of
 from .interrupts import deferred_interrupts
 from .probes import PEAK_SAMPLED, Probe, rss_note, shared_probe
 from .sampler import Sampler
@@ -108,11 +108,7 @@ def memit(
         notes.append("child processes are sampled: their share of the peak is a lower bound")
     if sampler.errors:
         notes.append(f"{sampler.errors} sampler readings failed")
-    outcome = "ok"
-    if isinstance(error, KeyboardInterrupt):
-        outcome = INTERRUPTED
-    elif error is not None:
-        outcome = ERROR
+    outcome, error_text = outcome_of(error)
     result = MemitResult(
         statement=statement,
         setup=setup,
@@ -121,7 +117,7 @@ def memit(
         peak_method=_describe_methods(methods, interval),
         timeline=sampler.timeline.samples(),
         outcome=outcome,
-        error=None if error is None else _describe_error(error),
+        error=error_text,
         timed_out=timed_out,
         notes=tuple(notes),
     )
@@ -185,9 +181,3 @@ def _describe_methods(methods: set[str], interval: float) -> str:
     for m in sorted(methods):
         parts.append(f"sampled every {interval:g} s (may miss spikes shorter than that)" if m == PEAK_SAMPLED else m)
     return "; ".join(parts)
-
-
-def _describe_error(error: BaseException) -> str:
-    text = str(error)
-    name = type(error).__name__
-    return f"{name}: {text}" if text else name

@@ -9,7 +9,7 @@ result has ``_repr_pretty_`` and ``_repr_html_``; rendering itself lives in
 
 from .alloc import AllocEntry, AllocFrame, AllocParams, AllocResult
 from .lines import FunctionProfile, LineStats, MprunParams, MprunResult
-from .memit import ERROR, INTERRUPTED, MemitParams, MemitResult, MemitRun, Sample
+from .memit import ERROR, INTERRUPTED, MemitParams, MemitResult, MemitRun, Sample, outcome_of
 
 __all__ = [
     "ERROR",
@@ -26,4 +26,5 @@ __all__ = [
     "MprunParams",
     "MprunResult",
     "Sample",
+    "outcome_of",
 ]

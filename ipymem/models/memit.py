@@ -6,9 +6,18 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
-#: Values of :attr:`MemitResult.outcome` other than ``"ok"``.
+#: Values of a result's ``outcome`` other than ``"ok"``.
 INTERRUPTED = "interrupted"
 ERROR = "error"
+
+
+def outcome_of(error: BaseException | None) -> tuple[str, str | None]:
+    """``(outcome, error text)`` of a measurement that ended with ``error`` (``None``: it finished)."""
+    if error is None:
+        return "ok", None
+    text = str(error)
+    name = type(error).__name__
+    return (INTERRUPTED if isinstance(error, KeyboardInterrupt) else ERROR), (f"{name}: {text}" if text else name)
 
 
 class Sample(NamedTuple):
