@@ -7,7 +7,10 @@ plumbing shared by all magics in :mod:`ipymem.shell`.
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import functools
+from collections.abc import Iterator
 from typing import Any
 
 from IPython.core.error import UsageError
@@ -124,6 +127,18 @@ MPRUN_OPTS = (
 )
 
 
+@contextlib.contextmanager
+def _sampling(sampler: engine.Sampler) -> Iterator[None]:
+    """Run ``sampler`` for the duration of the block; Ctrl-C is held while it starts and stops."""
+    with deferred_interrupts():
+        sampler.start()
+    try:
+        yield
+    finally:
+        with deferred_interrupts():
+            sampler.stop()
+
+
 @magics_class
 class MemoryMagics(Magics):
     """ipymem's magics: ``%memit``, ``%mprun``, ``%memtrace``, ``%memwatch``."""
@@ -178,10 +193,12 @@ class MemoryMagics(Magics):
             statement=statement,
             setup=setup,
         )
-        with self._live("%memtrace", args) as view:
+        sampler = engine.Sampler(engine.shared_probe())  # the RSS timeline, for the chart and plot()
+        with self._live("%memtrace", args, sampler=sampler) as view, _sampling(sampler):
             result, error = call_engine(measure, run)
             if not result.ok:
                 view.note(result.outcome)
+        result = dataclasses.replace(result, timeline=sampler.timeline.samples())
         return self._finish(result, error, args, alloc_text, alloc_html)
 
     @no_var_expand
@@ -204,7 +221,14 @@ class MemoryMagics(Magics):
         run, _ = compile_user_code(self.shell, statement)
         if not targets:  # %%mprun without -f: the cell body itself, line by line
             targets = [run.code]
-        with self._live("%mprun", args) as view:
+        sampler = engine.Sampler(engine.shared_probe())  # the RSS timeline, for the chart and plot()
+        calls: list[tuple[float, str, str]] = []
+        with self._live("%mprun", args, sampler=sampler) as view, _sampling(sampler):
+
+            def on_call(name: str, kind: str) -> None:  # each profiled call's start and end, on the chart
+                calls.append((sampler.elapsed(), name, kind))
+                view.mark(name, kind)
+
             profile = functools.partial(
                 profile_lines,
                 run,
@@ -213,11 +237,12 @@ class MemoryMagics(Magics):
                 include_children=args.c,
                 statement=statement,
                 label=self._label,
-                on_call=view.mark,  # each profiled call's start and end, marked on the chart
+                on_call=on_call,
             )
             result, error = call_engine(profile, run)
             if result.outcome != "ok":
                 view.note(result.outcome)
+        result = dataclasses.replace(result, timeline=sampler.timeline.samples(), calls=tuple(calls[:1000]))
         if args.T:
             with open(args.T, "w", encoding="utf-8") as out:
                 out.write(mprun_text(result, args.precision) + "\n")

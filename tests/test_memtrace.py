@@ -330,3 +330,10 @@ def test_sigint_at_random_points_leaves_a_clean_session(ip, seed):
         assert not tracemalloc.is_tracing() and sys.gettrace() is None
         ip.clear()
     ip.line("memtrace", "-q pass")  # the next magic works
+
+
+def test_result_keeps_the_rss_timeline_and_plots_it(ip):
+    r = ip.line("memtrace", "-q -o x = [bytearray(2**16) for _ in range(100)]")
+    assert len(r.timeline) >= 2
+    fig = r.plot()
+    assert fig.axes and fig.axes[0].lines

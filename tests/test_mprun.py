@@ -443,3 +443,13 @@ def test_real_ctrl_c_during_a_profiled_loop(ip, delay):
     assert r.outcome == "interrupted"
     assert lines_of(r, "spin")["n += 1"].occurrences > 0
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+
+
+def test_result_keeps_the_timeline_and_the_calls_and_plots_them(ip):
+    define(ip, "def twice(n):\n    a = bytearray(n)\n    return len(a)\n")
+    r = ip.cell("mprun", "-q -o -f twice", "twice(2**20)\ntwice(2**20)\n")
+    assert len(r.timeline) >= 2 and r.timeline[0].t <= r.timeline[-1].t
+    assert [kind for _, name, kind in r.calls] == ["start", "end", "start", "end"]
+    assert all(name == "twice" for _, name, _ in r.calls)
+    fig = r.plot()
+    assert fig.axes and fig.axes[0].lines

@@ -26,6 +26,8 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any
 
+from .memit import Sample
+
 #: Values of :attr:`AllocResult.outcome` other than ``"ok"`` (same as ``%memit``'s).
 INTERRUPTED = "interrupted"
 ERROR = "error"
@@ -141,6 +143,8 @@ class AllocResult:
     outcome: str = "ok"
     error: str | None = None
     notes: tuple[str, ...] = ()
+    #: RSS over the run, sampled by the magic (empty from the plain engine); see :meth:`plot`.
+    timeline: tuple[Sample, ...] = ()
 
     # -- derived figures -------------------------------------------------
     @property
@@ -205,6 +209,14 @@ class AllocResult:
         return data
 
     # -- display ----------------------------------------------------------
+    def plot(self, title: str | None = None) -> Any:
+        """The RSS timeline of the run as a matplotlib ``Figure`` (no pyplot); the heap is not sampled."""
+        from ..live.chart import plot_timeline
+
+        if title is None:
+            title = f"%memtrace · Python heap peak +{(self.heap_peak - self.heap_start) / 2**20:,.1f} MiB"
+        return plot_timeline(self.timeline, title=title)
+
     def __str__(self) -> str:
         from ..render.alloc import alloc_text
 

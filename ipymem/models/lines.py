@@ -12,6 +12,8 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any
 
+from .memit import Sample
+
 #: Metric names by backend, for headers and notes.
 METRICS = {"rss": "RSS", "heap": "Python heap"}
 
@@ -112,6 +114,10 @@ class MprunResult:
     outcome: str = "ok"
     error: str | None = None
     notes: tuple[str, ...] = ()
+    #: RSS over the run, sampled by the magic (empty from the plain engine); see :meth:`plot`.
+    timeline: tuple[Sample, ...] = ()
+    #: ``(seconds, function name, "start" | "end")`` of each profiled call seen from outside.
+    calls: tuple[tuple[float, str, str], ...] = ()
 
     @property
     def ok(self) -> bool:
@@ -140,6 +146,14 @@ class MprunResult:
         return data
 
     # -- display ----------------------------------------------------------
+    def plot(self, title: str | None = None) -> Any:
+        """The RSS timeline with each profiled call's start and end, as a matplotlib ``Figure`` (no pyplot)."""
+        from ..live.chart import Marker, plot_timeline
+
+        if title is None:
+            title = "%mprun · " + ", ".join(f.name.rsplit(".", 1)[-1] for f in self.functions)
+        return plot_timeline(self.timeline, markers=[Marker(*c) for c in self.calls], title=title)
+
     def __str__(self) -> str:
         from ..render.lines import mprun_text
 
