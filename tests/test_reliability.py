@@ -28,9 +28,34 @@ from IPython.core.error import UsageError
 from .conftest import _ipymem_threads, _state
 
 PACKAGE_DIR = str(Path(__file__).resolve().parent.parent / "ipymem")
-MAGICS = ["memit", "memtrace"]  # every magic that takes a statement; each is fuzzed the same way
+MAGICS = ["memit", "mprun", "memtrace", "memwatch"]  # every magic; each is fuzzed the same way
 
-FLAGS = ["-r", "-t", "-i", "-c", "-o", "-q", "-v", "-n", "-d", "-g", "-f", "-T", "--heap", "--precision", "--all", "-x"]
+FLAGS = [
+    "-r",
+    "-t",
+    "-i",
+    "-c",
+    "-o",
+    "-q",
+    "-v",
+    "-n",
+    "-d",
+    "-g",
+    "-f",
+    "-T",
+    "--heap",
+    "--precision",
+    "--all",
+    "--backend",
+    "--no-live",
+    "-x",
+    "on",
+    "off",
+    "f",
+    "g.h",
+    "f(1)",
+    "len",
+]
 VALUES = ["0", "-1", "1", "3", "0.0", "1e-9", "1e308", "9" * 40, "nan", "inf", "x", "'a b'", '"', "$x", "{x}", "é", ""]
 SNIPPETS = [
     "pass",
@@ -77,20 +102,26 @@ option_line = st.lists(st.one_of(st.sampled_from(FLAGS), st.sampled_from(VALUES)
 statement = st.one_of(st.sampled_from(SNIPPETS), st.text(alphabet="ab1 =()[]{}'\"$:%!\\\n.,-+é#", max_size=25))
 
 
-@settings(max_examples=120, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(magic=st.sampled_from(MAGICS), options=option_line, stmt=statement, cell_mode=st.booleans())
-def test_fuzzed_input_gives_a_run_a_usage_error_or_the_users_exception(ip, magic, options, stmt, cell_mode):
+def test_fuzzed_input_gives_a_run_a_usage_error_or_the_users_exception(ip, tmp_path, magic, options, stmt, cell_mode):
     sentinel = object()
     ip.user_ns["sentinel"] = sentinel
     ip.user_ns["x"] = "x-value"
+    ip.ip.run_cell("def f():\n    return [0] * 10\nclass G:\n    def h(self):\n        return 1\ng = G()\n")
     before = _state()
     # Repeats are the one knob that can make a fuzzed run take forever: bound them with %memit's
     # time budget, and elsewhere replace huge numbers (huge -r is tested in its own test).
     line = options
-    if "-r" in options:
+    if "-r" in options and magic != "mprun":  # %mprun's -r is a switch (return the result)
         line = options + " -t 0.05 " if magic == "memit" else re.sub(r"\d{3,}|1e308|inf", "2", options)
+    if "-T" in options:  # never let a fuzzed -T write into the working tree
+        line = line.replace("-T", "-T " + str(tmp_path / "report.txt") + " -T")
     try:
-        if cell_mode:
+        if magic == "memwatch":  # line magic only, no statement
+            ip.line(magic, line)
+            ip.line(magic, "off")
+        elif cell_mode:
             ip.cell(magic, line, stmt)
         else:
             ip.line(magic, line + " " + stmt)
