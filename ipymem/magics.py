@@ -18,7 +18,7 @@ from IPython.core.magic import Magics, line_cell_magic, line_magic, magics_class
 from traitlets import Bool, Float
 
 from . import engine
-from .engine.interrupts import deferred_interrupts
+from .engine.interrupts import Deferred, deferred_interrupts
 from .engine.linetrace import code_of, profile_lines
 from .live import MemWatch, live_view
 from .models import AllocResult, MemitResult, MprunResult
@@ -128,15 +128,26 @@ MPRUN_OPTS = (
 
 
 @contextlib.contextmanager
-def _sampling(sampler: engine.Sampler) -> Iterator[None]:
-    """Run ``sampler`` for the duration of the block; Ctrl-C is held while it starts and stops."""
-    with deferred_interrupts():
+def _sampling(sampler: engine.Sampler) -> Iterator[Deferred]:
+    """Run ``sampler`` for the duration of the block; Ctrl-C is held while it starts and stops.
+
+    Held, not dropped: one that arrived while the sampler started stops the
+    magic before the user's code runs; one that arrived while it stopped is
+    in the yielded state's ``received``, for the magic to raise after its report.
+    """
+    with deferred_interrupts() as held:
         sampler.start()
-    try:
-        yield
-    finally:
+    if held.received:
         with deferred_interrupts():
             sampler.stop()
+        raise KeyboardInterrupt
+    state = Deferred()
+    try:
+        yield state
+    finally:
+        with deferred_interrupts() as held:
+            sampler.stop()
+        state.received = held.received
 
 
 @magics_class
@@ -194,10 +205,12 @@ class MemoryMagics(Magics):
             setup=setup,
         )
         sampler = engine.Sampler(engine.shared_probe())  # the RSS timeline, for the chart and plot()
-        with self._live("%memtrace", args, sampler=sampler) as view, _sampling(sampler):
+        with self._live("%memtrace", args, sampler=sampler) as view, _sampling(sampler) as sampling:
             result, error = call_engine(measure, run)
             if not result.ok:
                 view.note(result.outcome)
+        if sampling.received and error is None:
+            error = KeyboardInterrupt()
         result = dataclasses.replace(result, timeline=sampler.timeline.samples())
         return self._finish(result, error, args, alloc_text, alloc_html)
 
@@ -223,7 +236,7 @@ class MemoryMagics(Magics):
             targets = [run.code]
         sampler = engine.Sampler(engine.shared_probe())  # the RSS timeline, for the chart and plot()
         calls: list[tuple[float, str, str]] = []
-        with self._live("%mprun", args, sampler=sampler) as view, _sampling(sampler):
+        with self._live("%mprun", args, sampler=sampler) as view, _sampling(sampler) as sampling:
 
             def on_call(name: str, kind: str) -> None:  # each profiled call's start and end, on the chart
                 calls.append((sampler.elapsed(), name, kind))
@@ -242,6 +255,8 @@ class MemoryMagics(Magics):
             result, error = call_engine(profile, run)
             if result.outcome != "ok":
                 view.note(result.outcome)
+        if sampling.received and error is None:
+            error = KeyboardInterrupt()
         result = dataclasses.replace(result, timeline=sampler.timeline.samples(), calls=tuple(calls[:1000]))
         if args.T:
             with open(args.T, "w", encoding="utf-8") as out:
