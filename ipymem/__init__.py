@@ -9,15 +9,17 @@ from __future__ import annotations
 from typing import Any
 
 from .api import memit, memtrace, mprun, profile
-from .models import AllocResult, MemitResult, MemitRun, MprunResult, Sample
+from .models import AllocResult, Comparison, MemitResult, MemitRun, MprunResult, Sample, compare
 
 __version__ = "0.1.0"
 __all__ = [
     "AllocResult",
+    "Comparison",
     "MemitResult",
     "MemitRun",
     "MprunResult",
     "Sample",
+    "compare",
     "load_ipython_extension",
     "memit",
     "memtrace",

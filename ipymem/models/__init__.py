@@ -8,6 +8,7 @@ result has ``_repr_pretty_`` and ``_repr_html_``; rendering itself lives in
 """
 
 from .alloc import AllocEntry, AllocFrame, AllocParams, AllocResult
+from .compare import Comparison, Metric, compare
 from .lines import FunctionProfile, LineStats, MprunParams, MprunResult
 from .memit import ERROR, INTERRUPTED, MemitParams, MemitResult, MemitRun, Sample, outcome_of
 
@@ -18,13 +19,16 @@ __all__ = [
     "AllocFrame",
     "AllocParams",
     "AllocResult",
+    "Comparison",
     "FunctionProfile",
     "LineStats",
     "MemitParams",
     "MemitResult",
     "MemitRun",
+    "Metric",
     "MprunParams",
     "MprunResult",
     "Sample",
+    "compare",
     "outcome_of",
 ]

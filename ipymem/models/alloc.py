@@ -26,6 +26,7 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any
 
+from ._comparable import Comparable
 from .memit import Sample
 
 #: Values of :attr:`AllocResult.outcome` other than ``"ok"`` (same as ``%memit``'s).
@@ -107,7 +108,7 @@ class AllocParams:
 
 
 @dataclass(frozen=True)
-class AllocResult:
+class AllocResult(Comparable):
     """What ``%memtrace`` measured.
 
     ``entries`` are the top groups (at most ``params.top``), largest first

@@ -12,6 +12,7 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any
 
+from ._comparable import Comparable
 from .memit import Sample
 
 #: Metric names by backend, for headers and notes.
@@ -99,7 +100,7 @@ class MprunParams:
 
 
 @dataclass(frozen=True)
-class MprunResult:
+class MprunResult(Comparable):
     """What ``%mprun`` measured: one :class:`FunctionProfile` per profiled function.
 
     ``outcome`` is ``"ok"``, ``"interrupted"`` (KeyboardInterrupt) or

@@ -6,6 +6,8 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
+from ._comparable import Comparable
+
 #: Values of a result's ``outcome`` other than ``"ok"``.
 INTERRUPTED = "interrupted"
 ERROR = "error"
@@ -75,7 +77,7 @@ class MemitRun:
 
 
 @dataclass(frozen=True)
-class MemitResult:
+class MemitResult(Comparable):
     """What ``%memit`` measured.
 
     ``peak_method`` says where :attr:`peak` came from: the kernel's

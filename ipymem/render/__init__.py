@@ -6,7 +6,17 @@ no script, so it survives notebook sanitising and nbconvert.
 """
 
 from .alloc import alloc_html, alloc_text
+from .compare import compare_html, compare_text
 from .lines import mprun_html, mprun_text
 from .memit import memit_html, memit_text
 
-__all__ = ["alloc_html", "alloc_text", "memit_html", "memit_text", "mprun_html", "mprun_text"]
+__all__ = [
+    "alloc_html",
+    "alloc_text",
+    "compare_html",
+    "compare_text",
+    "memit_html",
+    "memit_text",
+    "mprun_html",
+    "mprun_text",
+]

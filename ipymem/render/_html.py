@@ -51,3 +51,11 @@ def code(text: str, limit: int = 200) -> str:
 
 def notice(text: str, color: str = "#a40") -> str:
     return f'<div style="color:{color};margin:0.2em 0">{e(text)}</div>'
+
+
+def bar_style(value: int | float | None, scale: int | float, color: str) -> str:
+    """Style of a numeric cell with a bar behind the number, proportional to ``|value| / scale``."""
+    if value is None or scale <= 0 or value == 0:
+        return NUM_STYLE
+    pct = min(100.0, 100.0 * abs(value) / scale)
+    return f"{NUM_STYLE};background:linear-gradient(to left,{color} {pct:.1f}%,transparent {pct:.1f}%)"

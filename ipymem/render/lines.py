@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from ..models.lines import FunctionProfile, LineStats, MprunResult
 from ..units import fmt_bytes, fmt_seconds
-from ._html import CELL_STYLE, NUM_STYLE, TABLE_STYLE, code, e, notice
+from ._html import CELL_STYLE, NUM_STYLE, TABLE_STYLE, bar_style, code, e, notice
 
 _STATUS = {
     "interrupted": "! interrupted (KeyboardInterrupt): the figures cover what ran",
@@ -76,14 +76,6 @@ def mprun_text(result: MprunResult, precision: int = 2) -> str:
     return "\n".join(out)
 
 
-def _bar(value: int | None, scale: int, color: str) -> str:
-    """Cell style with a bar behind the number, proportional to ``|value| / scale``."""
-    if value is None or scale <= 0 or value == 0:
-        return NUM_STYLE
-    pct = min(100.0, 100.0 * abs(value) / scale)
-    return f"{NUM_STYLE};background:linear-gradient(to left,{color} {pct:.1f}%,transparent {pct:.1f}%)"
-
-
 def mprun_html(result: MprunResult, precision: int = 2) -> str:
     """One table per function; bars in Increment (red gain, green release) and Peak, scaled to the largest."""
     heads = headers(result)
@@ -100,8 +92,8 @@ def mprun_html(result: MprunResult, precision: int = 2) -> str:
                 "<tr>"
                 f'<td style="{NUM_STYLE};color:#888">{line.lineno}</td>'
                 f'<td style="{NUM_STYLE}">{mem}</td>'
-                f'<td style="{_bar(line.increment, scale, inc_color)}">{inc}</td>'
-                f'<td style="{_bar(line.peak, scale, "rgba(230,140,20,.35)")}">{peak}</td>'
+                f'<td style="{bar_style(line.increment, scale, inc_color)}">{inc}</td>'
+                f'<td style="{bar_style(line.peak, scale, "rgba(230,140,20,.35)")}">{peak}</td>'
                 f'<td style="{NUM_STYLE}">{occ}</td>'
                 f'<td style="{CELL_STYLE};font-family:monospace;white-space:pre">{e(line.source)}</td>'
                 "</tr>"
