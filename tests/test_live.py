@@ -225,9 +225,39 @@ def test_slow_draws_slow_the_refresh_down(monkeypatch):
 
     monkeypatch.setattr(chart.Chart, "live_png", slow_png)
     fe = FakeFrontend()
-    with make_view(fe, refresh=0.01, budget=0.1):  # 50 ms / 10% -> at least 0.5 s between frames
+    with make_view(fe, refresh=0.01, budget=0.1, allowance=0.0):  # 50 ms / 10% -> 0.5 s between frames
         time.sleep(1.3)
     assert 1 <= len(fe.updates) <= 3, len(fe.updates)
+
+
+def test_the_allowance_lets_the_first_frames_come_quickly_and_the_average_stays_in_budget(monkeypatch):
+    from ipymem.live import chart
+
+    real_png = chart.Chart.live_png
+
+    def slow_png(self):
+        t = time.thread_time()
+        while time.thread_time() - t < 0.05:  # 50 ms of CPU per frame
+            pass
+        return real_png(self)
+
+    monkeypatch.setattr(chart.Chart, "live_png", slow_png)
+    fe = FakeFrontend()
+    view = make_view(fe, refresh=0.01, budget=0.1, allowance=0.1)
+    with view:
+        start = time.perf_counter()
+        while len(view.frame_costs) < 2:  # two frames' worth of allowance: both at the refresh rate
+            time.sleep(0.01)
+        quick = time.perf_counter() - start
+        time.sleep(1.5)
+    elapsed = time.perf_counter() - start
+    spent = sum(cost for _, cost, _ in view.frame_costs)
+    assert len(view.frame_costs) >= 2
+    # Whatever the machine's speed: never more than the allowance plus the budget's share of the time
+    # (plus the one frame that overdraws the bucket).
+    assert spent <= 0.1 + 0.1 * elapsed + max(cost for _, cost, _ in view.frame_costs), (spent, elapsed, quick)
+    # and after the allowance, frames wait for the budget: fewer than the 10 ms refresh would give.
+    assert len(view.frame_costs) <= 2 + (elapsed - quick) / 0.45 + 1, view.frame_costs
 
 
 def test_a_drawing_error_turns_the_view_off_and_says_so_once(monkeypatch):

@@ -7,10 +7,12 @@ Shape of it:
   thread (``ipymem-live``) renders the timeline with matplotlib (Agg, no
   pyplot) and assigns the PNG to an ``ipywidgets.Image``; sampling and drawing
   are separate so a slow draw never thins the timeline.
-* The drawing thread measures its own CPU time per frame and waits at least
-  ``cost / budget`` before the next one (``budget`` = 4% of a core), so the
-  view never costs the user's code more than a few percent, however slow a
-  draw gets; ``refresh`` (0.5 s) is the fastest it redraws.
+* The drawing thread measures its own CPU time per frame and spends it from a
+  token bucket that refills at ``budget`` (4% of a core) up to ``ALLOWANCE``
+  (0.1 s of CPU): the first frames of a cell come at the refresh rate, and
+  after them a costly frame makes the next one wait, so the view never costs
+  the user's code more than a few percent on average, however slow a draw
+  gets; ``refresh`` (0.5 s) is the fastest it redraws.
 * When the block ends (normally, by an exception, by KeyboardInterrupt) the
   threads are stopped through an :class:`threading.Event` and joined, and
   the widget is replaced, through its display id, by a static PNG of the
@@ -50,6 +52,8 @@ MiB = 1024 * 1024
 REFRESH = 0.5
 #: Share of one core the drawing thread may use on average.
 BUDGET = 0.04
+#: Drawing CPU (seconds) the view may spend ahead of its budget: a few full frames at the start of a cell.
+ALLOWANCE = 0.1
 #: Slowest redraw, whatever a frame costs.
 MAX_DELAY = 10.0
 #: Markers kept per view; later ones are counted, not drawn.
@@ -178,6 +182,7 @@ class LiveView:
         heap: bool = False,
         refresh: float = REFRESH,
         budget: float = BUDGET,
+        allowance: float = ALLOWANCE,
         interval: float = 0.02,
         first_frame: bool = True,
         chart: Any = None,
@@ -195,6 +200,7 @@ class LiveView:
         )
         self.refresh = refresh
         self.budget = budget
+        self.allowance = allowance
         self.first_frame = first_frame
         self.clock = clock
         self.markers: list[Marker] = []
@@ -313,6 +319,7 @@ class LiveView:
     # -- drawing ----------------------------------------------------------------
     def _run(self) -> None:
         delay = self.refresh if self.first_frame else min(self.refresh, 0.25)
+        tokens, refilled = self.allowance, self.clock()
         while not self._stop.wait(delay):
             with _active_lock:
                 innermost = bool(_active) and _active[-1] is self
@@ -331,7 +338,14 @@ class LiveView:
             cost = time.thread_time() - cpu
             self.frame_costs.append((round(wall - self._t0, 3), cost, time.perf_counter() - wall))
             del self.frame_costs[:-100]
-            delay = min(max(self.refresh, cost / self.budget), MAX_DELAY)
+            # A token bucket of drawing CPU: it refills at `budget` (a share of one core) up to
+            # ALLOWANCE, and each frame spends its cost.  The first frames of a cell (a full draw of
+            # axes and labels each) come at the refresh rate; a run of costly frames then waits
+            # until the budget has paid for them, so the average stays within the budget.
+            now = self.clock()
+            tokens = min(self.allowance, tokens + self.budget * (now - refilled)) - cost
+            refilled = now
+            delay = min(max(self.refresh, (cost - tokens) / self.budget), MAX_DELAY)
 
     def _frame(self, final: bool = False) -> tuple[bytes, str]:
         from .chart import Chart
