@@ -37,6 +37,22 @@ del chunks
 """
 
 
+# How many frames the running live views have drawn (read by workloads that must outlast a few frames).
+FRAMES = """\
+from ipymem.live import view as _view
+def _frames():
+    return max((v.frames for v in list(_view._active)), default=0)
+"""
+
+# THREE_SECONDS, and on a slow machine longer, until the live view has drawn four frames (at most 30 s):
+# the fourth frame means the first three were sent.
+STREAMING = FRAMES + THREE_SECONDS.replace(
+    "while (now := time.perf_counter()) - t0 < 3:",
+    "while (now := time.perf_counter()) - t0 < 3 or (_frames() < 4 and now - t0 < 30):",
+)
+assert STREAMING != FRAMES + THREE_SECONDS
+
+
 def _env(tmp_path: Path) -> dict[str, str]:
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join([str(ROOT), env.get("PYTHONPATH", "")]).rstrip(os.pathsep)
@@ -117,20 +133,23 @@ def test_memit_cell_streams_widget_updates_before_reply(kernel):
     _km, kc = kernel
     _check_kernel_python(kc)
     execute(kc, "%load_ext ipymem")
-    messages, reply = execute(kc, "%%memit\n" + THREE_SECONDS)
+    messages, reply = execute(kc, "%%memit\n" + STREAMING)
     assert reply["content"]["status"] == "ok", reply["content"]
-    updates = [m for m in _image_updates(messages) if m["_arrived"] <= reply["_arrived"]]
-    assert len(updates) >= 3, f"only {len(updates)} live image updates before execute_reply"
     # the live widget is replaced by a static PNG through its display id, then the table follows
     displays = [m for m in messages if m["msg_type"] == "display_data"]
     assert "application/vnd.jupyter.widget-view+json" in displays[0]["content"]["data"]
     display_id = displays[0]["content"]["transient"]["display_id"]
     finals = [
-        m
-        for m in messages
+        i
+        for i, m in enumerate(messages)
         if m["msg_type"] == "update_display_data" and m["content"]["transient"]["display_id"] == display_id
     ]
-    assert finals and "image/png" in finals[-1]["content"]["data"]
+    assert finals and "image/png" in messages[finals[-1]]["content"]["data"]
+    # Frames sent while the cell ran: iopub keeps the kernel's order, and the static chart replaces
+    # the widget when the cell's code has finished, before its execute_reply.
+    updates = _image_updates(messages[: finals[-1]])
+    assert len(updates) >= 3, f"only {len(updates)} live image updates before the cell ended"
+    assert all(m["_arrived"] <= reply["_arrived"] + 1.0 for m in updates)  # read from two sockets: a little slack
     assert "peak memory" in displays[-1]["content"]["data"]["text/plain"]
     assert _threads(kc) == []
 
@@ -149,8 +168,20 @@ def test_no_live_sends_no_widgets(kernel):
 def test_interrupt_stops_threads_and_keeps_the_final_chart(kernel):
     km, kc = kernel
     execute(kc, "%load_ext ipymem")
-    msg_id = kc.execute("%%memit\nimport time\nwhile True:\n    time.sleep(0.01)\n")
-    time.sleep(2.5)
+    msg_id = kc.execute(
+        "%%memit\n" + FRAMES + "import time\nwhile _frames() < 2:\n    time.sleep(0.01)\n"
+        "print('looping', flush=True)\nwhile True:\n    time.sleep(0.01)\n"
+    )
+    deadline = time.monotonic() + 60  # the chart is up and has drawn: the interrupt lands in the user's loop
+    while time.monotonic() < deadline:
+        try:
+            msg = kc.get_iopub_msg(timeout=0.5)
+        except queue.Empty:
+            continue
+        if msg["msg_type"] == "stream" and "looping" in msg["content"]["text"]:
+            break
+    else:
+        pytest.fail("the cell never started its loop")
     km.interrupt_kernel()
     reply = kc.get_shell_msg(timeout=30)
     assert reply["parent_header"]["msg_id"] == msg_id
@@ -190,7 +221,12 @@ def test_memwatch_in_kernel(kernel):
     _km, kc = kernel
     execute(kc, "%load_ext ipymem")
     execute(kc, "%memwatch on")
-    messages, reply = execute(kc, "import time\nx = bytearray(30 * 2**20)\ntime.sleep(1.2)")
+    cell = FRAMES + (
+        "import time\nx = bytearray(30 * 2**20)\nt0 = time.perf_counter()\n"
+        "while time.perf_counter() - t0 < 1.2 or (_frames() < 2 and time.perf_counter() - t0 < 30):\n"
+        "    time.sleep(0.05)\n"
+    )
+    messages, reply = execute(kc, cell)
     assert reply["content"]["status"] == "ok"
     assert _image_updates(messages), "no live frame during a 1.2 s cell"
     finals = [m for m in messages if m["msg_type"] == "update_display_data"]
