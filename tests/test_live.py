@@ -6,6 +6,7 @@ through a fake frontend that records what a widget would have received.
 
 from __future__ import annotations
 
+import itertools
 import subprocess
 import sys
 import threading
@@ -30,7 +31,9 @@ class FakeFrontend:
 
     def __init__(self, fail_update_at: int | None = None, fail_finish: bool = False) -> None:
         self.shown = None
+        self.shown_at: float | None = None
         self.updates: list[tuple[bytes | None, str]] = []
+        self.update_times: list[float] = []  # time.perf_counter() of each update
         self.finished: list[dict] = []
         self.fail_update_at = fail_update_at
         self.fail_finish = fail_finish
@@ -38,12 +41,14 @@ class FakeFrontend:
 
     def show(self, png, label):
         self.shown = (png, label)
+        self.shown_at = time.perf_counter()
 
     def update(self, png, label):
         self.threads.add(threading.current_thread().name)
         if self.fail_update_at is not None and len(self.updates) + 1 >= self.fail_update_at:
             raise ConnectionError("comm closed")
         self.updates.append((png, label))
+        self.update_times.append(time.perf_counter())
 
     def finish(self, data):
         if self.fail_finish:
@@ -225,9 +230,18 @@ def test_slow_draws_slow_the_refresh_down(monkeypatch):
 
     monkeypatch.setattr(chart.Chart, "live_png", slow_png)
     fe = FakeFrontend()
-    with make_view(fe, refresh=0.01, budget=0.1, allowance=0.0):  # 50 ms / 10% -> 0.5 s between frames
+    with make_view(fe, refresh=0.01, budget=0.1, allowance=0.0) as view:  # 50 ms / 10% -> >= 0.5 s between frames
+        assert wait_for(lambda: fe.updates, timeout=30), "no frame drawn in 30 s"
         time.sleep(1.3)
-    assert 1 <= len(fe.updates) <= 3, len(fe.updates)
+    window = time.perf_counter() - fe.update_times[0]  # every update fell in it
+    # Each frame costs >= 50 ms of CPU, and a frame waits for the budget to pay for the one before:
+    # consecutive updates are at least cost / budget apart, however fast or slow the machine,
+    # so the window holds at most one update per 0.5 s after the first (3 on an idle machine).
+    costs = [cost for _, cost, _ in view.frame_costs]
+    gaps = [b - a for a, b in itertools.pairwise(fe.update_times)]
+    assert len(costs) == len(fe.updates)  # one cost per update: the gap after update i is paid by cost i
+    assert all(gap >= cost / 0.1 for gap, cost in zip(gaps, costs[:-1], strict=True)), (gaps, costs)
+    assert 1 <= len(fe.updates) <= 1 + window / 0.5, (len(fe.updates), window)
 
 
 def test_the_allowance_lets_the_first_frames_come_quickly_and_the_average_stays_in_budget(monkeypatch):
@@ -246,8 +260,8 @@ def test_the_allowance_lets_the_first_frames_come_quickly_and_the_average_stays_
     view = make_view(fe, refresh=0.01, budget=0.1, allowance=0.1)
     with view:
         start = time.perf_counter()
-        while len(view.frame_costs) < 2:  # two frames' worth of allowance: both at the refresh rate
-            time.sleep(0.01)
+        # two frames' worth of allowance: both at the refresh rate
+        assert wait_for(lambda: len(view.frame_costs) >= 2, timeout=30), f"frames in 30 s: {view.frame_costs}"
         quick = time.perf_counter() - start
         time.sleep(1.5)
     elapsed = time.perf_counter() - start
@@ -287,11 +301,15 @@ def test_a_drawing_error_turns_the_view_off_and_says_so_once(monkeypatch):
 def test_a_frontend_that_goes_away_stops_the_threads_within_an_interval():
     fe = FakeFrontend(fail_update_at=2)
     with make_view(fe, refresh=0.05) as view:
-        assert wait_for(lambda: view.error is not None)
-        t = time.monotonic()
-        assert wait_for(lambda: not view._thread.is_alive(), timeout=0.2)
-        assert time.monotonic() - t < 0.2
+        assert wait_for(lambda: view.error is not None, timeout=30)
+        thread = view._thread
+        # The drawing thread ends by itself, while the cell still runs (not at close()), and right after
+        # the failed update: the first frame, one update, the frame whose update failed, and nothing more.
+        thread.join(timeout=5)
+        assert not thread.is_alive() and view._stop.is_set()
+        assert view.frames == 3 and len(fe.updates) == 1
     assert "ConnectionError: comm closed" in fe.finished[0]["text/plain"]
+    assert live_threads() == []
 
 
 def test_finish_failure_is_reported_not_raised(capsys):
@@ -453,21 +471,31 @@ def test_memwatch_with_a_live_frontend(ip):
         frontends.append(FakeFrontend())
         return frontends[-1]
 
-    watch = MemWatch(ip.ip, live=True, refresh=0.02, frontend=factory)
+    watch = MemWatch(ip.ip, live=True, frontend=factory)  # the default refresh: first frame after 0.25 s
     watch.on()
     chart = watch.chart
     assert chart is not None  # built by `on`, so no watched cell pays for matplotlib
+    ip.user_ns["frontends"] = frontends
     try:
-        ip.run_cell("import time; time.sleep(0.6)")
+        # A slow cell: it runs until its live view has sent a frame (or 30 s have passed).
+        ip.run_cell(
+            "import time\n"
+            "deadline = time.monotonic() + 30\n"
+            "while not frontends[-1].updates and time.monotonic() < deadline:\n"
+            "    time.sleep(0.01)\n"
+        )
         assert watch.chart is chart
         ip.run_cell("y = 1")
     finally:
         watch.off()
     slow, quick = frontends
     assert slow.shown == (None, slow.shown[1])  # no frame drawn before display
-    assert slow.updates, "no live frame in a 0.6 s cell"
+    assert slow.updates, "no live frame in a 30 s cell"
     assert "above start" in slow.finished[0]["text/plain"]
-    assert not quick.updates  # a quick cell draws nothing
+    # A quick cell draws nothing: no frame comes sooner than 0.25 s after the view is shown, so a cell
+    # shorter than that (any `y = 1`) has none.
+    assert all(t - quick.shown_at >= 0.25 for t in quick.update_times), quick.update_times
+    assert all(t - slow.shown_at >= 0.25 for t in slow.update_times), slow.update_times
     assert "above start" in quick.finished[0]["text/plain"]
     assert live_threads() == []
 

@@ -60,28 +60,78 @@ def test_repeat_reports_worst_and_best(ip):
 
 
 def test_timeout_is_a_budget_for_repeats(ip):
-    r = ip.line("memit", "-q -o -r 50 -t 0.05 import time; time.sleep(0.03)")
-    assert 1 < len(r.runs) < 50 and r.timed_out
-    assert r.params.timeout == 0.05
+    # 500 runs of >= 20 ms each (10 s) cannot fit in a 1 s budget, and the first run leaves ample slack for a second.
+    r = ip.line("memit", "-q -o -r 500 -t 1 import time; time.sleep(0.02)")
+    assert r.timed_out and r.params.timeout == 1
+    assert 1 < len(r.runs) < 500
+    assert all(run.duration >= 0.02 for run in r.runs)
+    # No run starts once the budget is spent: every run but the last ran inside it (so at most
+    # 1 / 0.02 + 1 runs, on any machine; a slow one fits fewer).
+    assert sum(run.duration for run in r.runs[:-1]) < 1
     assert "timeout" in str(r)
 
 
-def test_interval_sets_the_sampling_rate(ip):
-    r = ip.line("memit", "-q -o -i 0.002 import time; time.sleep(0.2)")
-    assert r.params.interval == 0.002
-    assert r.samples > 20
+def _readings_fit_the_interval(r, interval):
+    """A start and a stop reading, and between them one per ``interval`` of the timeline at most."""
+    span = r.timeline[-1].t - r.timeline[0].t
     assert r.timeline[0].t <= r.timeline[-1].t
+    assert r.samples <= 2 + span / interval + 1, (r.samples, span)
 
 
-def test_children_are_included_with_c(ip):
-    code = (
-        "import subprocess, sys; "
-        "subprocess.run([sys.executable, '-c', "
-        "'import time; b = bytearray(80 * 2**20); time.sleep(0.5)'], check=True)"
-    )
-    without = ip.line("memit", "-q -o -i 0.02 " + code)
-    with_children = ip.line("memit", "-q -o -c -i 0.02 " + code)
-    assert with_children.params.include_children
+def test_interval_sets_the_sampling_rate(ip):
+    fast = ip.line("memit", "-q -o -i 0.002 import time; time.sleep(0.2)")
+    slow = ip.line("memit", "-q -o -i 1 import time; time.sleep(0.2)")
+    assert fast.params.interval == 0.002 and slow.params.interval == 1
+    _readings_fit_the_interval(fast, 0.002)
+    _readings_fit_the_interval(slow, 1)
+    assert fast.samples >= 3  # the start and stop readings and at least one from the thread in 100 intervals
+    assert fast.samples > slow.samples  # the same statement, read more often at the shorter interval
+
+
+def test_children_are_included_with_c(ip, monkeypatch):
+    from ipymem.engine import Sampler
+
+    # The child allocates, says so, and holds its memory until the parent closes its stdin; the parent
+    # closes it only once the sampler thread has taken a reading that began after the child was ready.
+    child_ready, sampled = threading.Event(), threading.Event()
+    real_sample = Sampler.sample
+
+    def sample(self):
+        after_ready = child_ready.is_set()
+        value = real_sample(self)
+        if after_ready and threading.current_thread().name == "ipymem-sampler":
+            sampled.set()
+        return value
+
+    monkeypatch.setattr(Sampler, "sample", sample)
+
+    def run_child():
+        import subprocess
+
+        child_ready.clear()
+        sampled.clear()
+        code = "import sys; b = bytearray(80 * 2**20); print('ready', flush=True); sys.stdin.read()"
+        with subprocess.Popen(
+            [sys.executable, "-c", code], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
+        ) as child:
+            try:
+                assert child.stdout.readline() == "ready\n", "the child did not start"
+                child_ready.set()
+                assert sampled.wait(30), "the sampler took no reading while the child held its memory"
+            finally:
+                child.stdin.close()
+                try:
+                    child.wait(30)
+                finally:
+                    if child.poll() is None:
+                        child.kill()
+            assert child.returncode == 0
+
+    ip.user_ns["run_child"] = run_child
+    without = ip.line("memit", "-q -o -i 0.02 run_child()")
+    with_children = ip.line("memit", "-q -o -c -i 0.02 run_child()")
+    assert without.ok and with_children.ok
+    assert with_children.params.include_children and not without.params.include_children
     assert with_children.increment > without.increment + 50 * MiB
     assert "child" in str(with_children)
 

@@ -338,14 +338,15 @@ class LiveView:
             cost = time.thread_time() - cpu
             self.frame_costs.append((round(wall - self._t0, 3), cost, time.perf_counter() - wall))
             del self.frame_costs[:-100]
-            # A token bucket of drawing CPU: it refills at `budget` (a share of one core) up to
-            # ALLOWANCE, and each frame spends its cost.  The first frames of a cell (a full draw of
-            # axes and labels each) come at the refresh rate; a run of costly frames then waits
-            # until the budget has paid for them, so the average stays within the budget.
+            # A token bucket of drawing CPU: it refills at `budget` (a share of one core) up to the
+            # allowance, and each frame spends its cost, going into debt if need be; the next frame
+            # waits until the debt is repaid.  The first frames of a cell (a full draw of axes and
+            # labels each) come at the refresh rate; a run of costly frames then comes at
+            # cost / budget, so the average stays within the budget.
             now = self.clock()
             tokens = min(self.allowance, tokens + self.budget * (now - refilled)) - cost
             refilled = now
-            delay = min(max(self.refresh, (cost - tokens) / self.budget), MAX_DELAY)
+            delay = min(max(self.refresh, -tokens / self.budget), MAX_DELAY)
 
     def _frame(self, final: bool = False) -> tuple[bytes, str]:
         from .chart import Chart
