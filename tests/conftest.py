@@ -53,6 +53,18 @@ def no_leaks():
     assert _state() == before, "tracer, tracemalloc, monitoring or SIGINT handler state changed"
 
 
+@pytest.fixture
+def python_sigint_handler():
+    """SIGINT raises KeyboardInterrupt, as in any IPython session, even when pytest runs as a background job.
+
+    A shell starts background jobs with SIGINT ignored, and Python then keeps it ignored.
+    """
+    previous = signal.getsignal(signal.SIGINT)
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    yield
+    signal.signal(signal.SIGINT, previous)
+
+
 class Shell:
     """A test shell: the real InteractiveShell plus helpers to read what was displayed."""
 

@@ -83,16 +83,7 @@ def _count(key: str, n: int = 1) -> None:
     COUNTS[key] = COUNTS.get(key, 0) + n
 
 
-@pytest.fixture(autouse=True)
-def python_sigint_handler():
-    """SIGINT raises KeyboardInterrupt, as in any IPython session, even when pytest runs as a background job.
-
-    A shell starts background jobs with SIGINT ignored, and Python then keeps it ignored.
-    """
-    previous = signal.getsignal(signal.SIGINT)
-    signal.signal(signal.SIGINT, signal.default_int_handler)
-    yield
-    signal.signal(signal.SIGINT, previous)
+pytestmark = pytest.mark.usefixtures("python_sigint_handler")  # conftest: SIGINT raises here
 
 
 @pytest.fixture

@@ -26,6 +26,19 @@ del tmp
 """
 
 
+def _sigint_timer(delay: float) -> tuple[threading.Timer, threading.Event]:
+    """A timer (not yet started) that sends SIGINT to this process after `delay` s, then sets the event."""
+    fired = threading.Event()
+
+    def fire():
+        os.kill(os.getpid(), signal.SIGINT)
+        fired.set()
+
+    timer = threading.Timer(delay, fire)
+    timer.daemon = True
+    return timer, fired
+
+
 def entry_for(result: AllocResult, source_start: str):
     matches = [e for e in result.entries if e.source.startswith(source_start)]
     assert matches, [(e.location, e.source) for e in result.entries]
@@ -239,15 +252,18 @@ def test_exception_gives_partial_report_restores_state_and_propagates(ip):
     assert not tracemalloc.is_tracing() and sys.gettrace() is None
 
 
+@pytest.mark.usefixtures("python_sigint_handler")
 def test_keyboard_interrupt_shows_partial_result_and_reraises(ip):
-    # The traced statement arms the interrupt itself, so however slow the machine, it lands mid-run.
-    ip.user_ns["interrupt_soon"] = lambda: threading.Timer(0.3, os.kill, (os.getpid(), signal.SIGINT)).start()
+    # The traced loop sends SIGINT itself once three buffers are kept, so however slow the machine,
+    # it lands mid-run with three appends done (the loop would run on for ~10 s if it did not land).
     with pytest.raises(KeyboardInterrupt):
         ip.cell(
             "memtrace",
-            "-v partial import time",
-            "interrupt_soon()\nkept = []\n"
-            "for _ in range(200):\n    kept.append(bytearray(10_000))\n    time.sleep(0.05)\n",
+            "-v partial import os, signal, time",
+            "kept = []\n"
+            "for _ in range(200):\n    kept.append(bytearray(10_000))\n"
+            "    if len(kept) == 3:\n        os.kill(os.getpid(), signal.SIGINT)\n"
+            "    time.sleep(0.05)\n",
         )
     r = ip.user_ns["partial"]
     assert r.outcome == "interrupted" and r.runs == 1
@@ -310,20 +326,25 @@ def test_transient_freed_inside_a_function_is_in_the_peak_but_no_row(ip):
     assert "between two observations" in ip.texts()[-1]
 
 
+@pytest.mark.usefixtures("python_sigint_handler")
 @pytest.mark.parametrize("seed", range(2))
 def test_sigint_at_random_points_leaves_a_clean_session(ip, seed):
     import random
 
     rng = random.Random(seed)
     for _ in range(5):
-        timer = threading.Timer(rng.uniform(0.0, 0.25), lambda: os.kill(os.getpid(), signal.SIGINT))
-        timer.start()
+        # The delay picks a random landing point (setup, any of the three runs, ipymem's work between
+        # them); the last run waits for the signal to have been sent, so it always lands before the end.
+        ip.user_ns["passes"] = []
+        timer, ip.user_ns["fired"] = _sigint_timer(rng.uniform(0.0, 0.25))
         try:
             with pytest.raises(KeyboardInterrupt):
+                timer.start()  # inside: even a zero delay on a stalled machine lands in here
                 ip.cell(
                     "memtrace",
                     "-r 3 -d 3 import time",
-                    "data = [bytearray(2**16) for _ in range(50)]\ntime.sleep(0.1)\n",
+                    "data = [bytearray(2**16) for _ in range(50)]\ntime.sleep(0.1)\npasses.append(1)\n"
+                    "if len(passes) == 3:\n    fired.wait(30)\n    time.sleep(5)\n",
                 )
         finally:
             timer.join()

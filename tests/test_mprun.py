@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import os
+import signal
 import sys
 import textwrap
+import threading
 import tracemalloc
 
 import pytest
@@ -426,19 +428,31 @@ def test_coroutine_function_awaited_from_a_cell_with_top_level_await(ip):
 
 
 @pytest.mark.skipif(not hasattr(os, "kill") or sys.platform == "win32", reason="needs POSIX signals")
+@pytest.mark.usefixtures("python_sigint_handler")
 @pytest.mark.parametrize("delay", [0.05, 0.15, 0.3])
 def test_real_ctrl_c_during_a_profiled_loop(ip, delay):
-    import signal
-    import threading
+    # The profiled loop starts the timer itself once its first pass is done, so however slow the
+    # machine (or %mprun's setup), the SIGINT lands inside the loop, never before it.
+    timers = []
 
-    define(ip, "def spin():\n    n = 0\n    while True:\n        n += 1\n        x = [n] * 10\n")
-    timer = threading.Timer(delay, os.kill, (os.getpid(), signal.SIGINT))
-    timer.start()
+    def start_timer():
+        timer = threading.Timer(delay, os.kill, (os.getpid(), signal.SIGINT))
+        timers.append(timer)
+        timer.start()
+
+    ip.user_ns["start_timer"] = start_timer
+    define(
+        ip,
+        "def spin():\n    n = 0\n    while True:\n        n += 1\n        x = [n] * 10\n"
+        "        if n == 1:\n            start_timer()\n",
+    )
     try:
         with pytest.raises(KeyboardInterrupt):
             ip.line("mprun", "-v r -f spin spin()")
     finally:
-        timer.join()
+        for timer in timers:
+            timer.join()
+    assert len(timers) == 1
     r = ip.user_ns["r"]
     assert r.outcome == "interrupted"
     assert lines_of(r, "spin")["n += 1"].occurrences > 0

@@ -139,13 +139,20 @@ def test_fuzzed_input_gives_a_run_a_usage_error_or_the_users_exception(ip, tmp_p
     assert ip.user_ns["x"] == "x-value" or "x" in stmt or stored
 
 
-def _interrupt_after(delay: float) -> threading.Timer:
-    timer = threading.Timer(delay, lambda: os.kill(os.getpid(), signal.SIGINT))
+def _sigint_timer(delay: float) -> tuple[threading.Timer, threading.Event]:
+    """A timer (not yet started) that sends SIGINT to this process after `delay` s, then sets the event."""
+    fired = threading.Event()
+
+    def fire():
+        os.kill(os.getpid(), signal.SIGINT)
+        fired.set()
+
+    timer = threading.Timer(delay, fire)
     timer.daemon = True
-    timer.start()
-    return timer
+    return timer, fired
 
 
+@pytest.mark.usefixtures("python_sigint_handler")
 @pytest.mark.parametrize("seed", range(3))
 def test_sigint_at_random_points_always_reaches_the_user_and_leaves_a_clean_session(ip, seed):
     rng = random.Random(seed)
@@ -156,13 +163,18 @@ def test_sigint_at_random_points_always_reaches_the_user_and_leaves_a_clean_sess
     for _ in range(8):
         delay = rng.uniform(0.0, 0.25)
         heap = rng.choice(["", "--heap "])
-        timer = _interrupt_after(delay)
+        # The delay picks a random landing point (setup, any of the three runs, ipymem's work between
+        # them); the last run waits for the signal to have been sent, so it always lands before the end.
+        ip.user_ns["passes"] = []
+        timer, ip.user_ns["fired"] = _sigint_timer(delay)
         try:
             with pytest.raises(KeyboardInterrupt):
+                timer.start()  # inside: even a zero delay on a stalled machine lands in here
                 ip.cell(
                     "memit",
                     f"-r 3 -i 0.001 {heap}import time; time.sleep(0.05)",
-                    "data = [bytearray(2**16) for _ in range(50)]\ntime.sleep(0.1)\n",
+                    "data = [bytearray(2**16) for _ in range(50)]\ntime.sleep(0.1)\npasses.append(1)\n"
+                    "if len(passes) == 3:\n    fired.wait(30)\n    time.sleep(5)\n",
                 )
         finally:
             timer.join()
