@@ -9,6 +9,7 @@ a ``sys.monitoring`` tool id is still held, or tracemalloc's state differs.
 
 from __future__ import annotations
 
+import os
 import signal
 import sys
 import threading
@@ -63,6 +64,19 @@ def python_sigint_handler():
     signal.signal(signal.SIGINT, signal.default_int_handler)
     yield
     signal.signal(signal.SIGINT, previous)
+
+
+def sigint_timer(delay: float) -> tuple[threading.Timer, threading.Event]:
+    """A timer (not yet started) that sends SIGINT to this process after `delay` s, then sets the event."""
+    fired = threading.Event()
+
+    def fire():
+        os.kill(os.getpid(), signal.SIGINT)
+        fired.set()
+
+    timer = threading.Timer(delay, fire)
+    timer.daemon = True
+    return timer, fired
 
 
 class Shell:

@@ -217,7 +217,9 @@ def test_markers_are_bounded():
     assert "50 more marks not drawn" in fe.finished[0]["text/plain"]
 
 
-def test_slow_draws_slow_the_refresh_down(monkeypatch):
+@pytest.fixture
+def slow_frames(monkeypatch):
+    """Every live frame costs at least 50 ms of CPU."""
     from ipymem.live import chart
 
     real_png = chart.Chart.live_png
@@ -229,6 +231,10 @@ def test_slow_draws_slow_the_refresh_down(monkeypatch):
         return real_png(self)
 
     monkeypatch.setattr(chart.Chart, "live_png", slow_png)
+
+
+@pytest.mark.usefixtures("slow_frames")
+def test_slow_draws_slow_the_refresh_down():
     fe = FakeFrontend()
     with make_view(fe, refresh=0.01, budget=0.1, allowance=0.0) as view:  # 50 ms / 10% -> >= 0.5 s between frames
         assert wait_for(lambda: fe.updates, timeout=30), "no frame drawn in 30 s"
@@ -244,18 +250,8 @@ def test_slow_draws_slow_the_refresh_down(monkeypatch):
     assert 1 <= len(fe.updates) <= 1 + window / 0.5, (len(fe.updates), window)
 
 
-def test_the_allowance_lets_the_first_frames_come_quickly_and_the_average_stays_in_budget(monkeypatch):
-    from ipymem.live import chart
-
-    real_png = chart.Chart.live_png
-
-    def slow_png(self):
-        t = time.thread_time()
-        while time.thread_time() - t < 0.05:  # 50 ms of CPU per frame
-            pass
-        return real_png(self)
-
-    monkeypatch.setattr(chart.Chart, "live_png", slow_png)
+@pytest.mark.usefixtures("slow_frames")
+def test_the_allowance_lets_the_first_frames_come_quickly_and_the_average_stays_in_budget():
     fe = FakeFrontend()
     view = make_view(fe, refresh=0.01, budget=0.1, allowance=0.1)
     with view:

@@ -5,10 +5,8 @@ from __future__ import annotations
 import json
 import os
 import re
-import signal
 import subprocess
 import sys
-import threading
 import tracemalloc
 
 import pytest
@@ -17,26 +15,13 @@ from IPython.core.error import UsageError
 from ipymem.engine import alloctrace
 from ipymem.models import AllocResult
 
-from .conftest import MiB
+from .conftest import MiB, sigint_timer
 
 CELL = """\
 keep = [str(i) for i in range(100_000)]
 tmp = bytes(50 * 2**20)
 del tmp
 """
-
-
-def _sigint_timer(delay: float) -> tuple[threading.Timer, threading.Event]:
-    """A timer (not yet started) that sends SIGINT to this process after `delay` s, then sets the event."""
-    fired = threading.Event()
-
-    def fire():
-        os.kill(os.getpid(), signal.SIGINT)
-        fired.set()
-
-    timer = threading.Timer(delay, fire)
-    timer.daemon = True
-    return timer, fired
 
 
 def entry_for(result: AllocResult, source_start: str):
@@ -336,7 +321,7 @@ def test_sigint_at_random_points_leaves_a_clean_session(ip, seed):
         # The delay picks a random landing point (setup, any of the three runs, ipymem's work between
         # them); the last run waits for the signal to have been sent, so it always lands before the end.
         ip.user_ns["passes"] = []
-        timer, ip.user_ns["fired"] = _sigint_timer(rng.uniform(0.0, 0.25))
+        timer, ip.user_ns["fired"] = sigint_timer(rng.uniform(0.0, 0.25))
         try:
             with pytest.raises(KeyboardInterrupt):
                 timer.start()  # inside: even a zero delay on a stalled machine lands in here

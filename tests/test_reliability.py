@@ -8,14 +8,11 @@ and monitoring ids after each test; ``_assert_clean`` checks after each example)
 
 from __future__ import annotations
 
-import os
 import random
 import re
-import signal
 import subprocess
 import sys
 import textwrap
-import threading
 import time
 import traceback
 from pathlib import Path
@@ -27,7 +24,7 @@ from IPython.core.error import UsageError
 
 from ipymem import AllocResult, MemitResult, MprunResult
 
-from .conftest import _ipymem_threads, _state
+from .conftest import _ipymem_threads, _state, sigint_timer
 
 PACKAGE_DIR = str(Path(__file__).resolve().parent.parent / "ipymem")
 MAGICS = ["memit", "mprun", "memtrace", "memwatch"]  # every magic; each is fuzzed the same way
@@ -139,19 +136,6 @@ def test_fuzzed_input_gives_a_run_a_usage_error_or_the_users_exception(ip, tmp_p
     assert ip.user_ns["x"] == "x-value" or "x" in stmt or stored
 
 
-def _sigint_timer(delay: float) -> tuple[threading.Timer, threading.Event]:
-    """A timer (not yet started) that sends SIGINT to this process after `delay` s, then sets the event."""
-    fired = threading.Event()
-
-    def fire():
-        os.kill(os.getpid(), signal.SIGINT)
-        fired.set()
-
-    timer = threading.Timer(delay, fire)
-    timer.daemon = True
-    return timer, fired
-
-
 @pytest.mark.usefixtures("python_sigint_handler")
 @pytest.mark.parametrize("seed", range(3))
 def test_sigint_at_random_points_always_reaches_the_user_and_leaves_a_clean_session(ip, seed):
@@ -166,7 +150,7 @@ def test_sigint_at_random_points_always_reaches_the_user_and_leaves_a_clean_sess
         # The delay picks a random landing point (setup, any of the three runs, ipymem's work between
         # them); the last run waits for the signal to have been sent, so it always lands before the end.
         ip.user_ns["passes"] = []
-        timer, ip.user_ns["fired"] = _sigint_timer(delay)
+        timer, ip.user_ns["fired"] = sigint_timer(delay)
         try:
             with pytest.raises(KeyboardInterrupt):
                 timer.start()  # inside: even a zero delay on a stalled machine lands in here
