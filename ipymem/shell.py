@@ -16,6 +16,7 @@ import ast
 import asyncio
 import dataclasses
 import getopt
+import sys
 import textwrap
 import threading
 from collections.abc import Callable, Sequence
@@ -210,8 +211,7 @@ def compile_user_code(shell: Any, source: str) -> tuple[Callable[[], None], str]
     if not source.endswith("\n"):
         source += "\n"  # IPython's transformers expect whole lines
     transformed = shell.transform_cell(source)
-    number = getattr(shell, "execution_count", 0)
-    filename = shell.compile.cache(transformed, number, source)
+    filename = shell.compile.cache(transformed, current_cell_number(shell), source)
     tree = shell.compile.ast_parse(transformed, filename=filename)
     tree = shell.transform_ast(tree)
     if tree is None:  # an AST transformer rejected the input and already reported it
@@ -295,6 +295,24 @@ def resolve_function(shell: Any, magic: str, expr: str, check: Callable[[Any], o
 def cell_files(shell: Any) -> dict[str, int]:
     """File name -> execution count of every cell IPython compiled (``Cell In[N]`` in tracebacks)."""
     return getattr(shell.compile, "_filename_map", {})
+
+
+def current_cell_number(shell: Any) -> int:
+    """N of the cell ``In[N]`` whose code is running, to name the code a magic compiles from it.
+
+    ``execution_count`` is already N + 1 while cell N runs (IPython counts a
+    cell before running it), so the number comes from the running cell's own
+    frame up the stack; with no cell on the stack (a magic called from Python),
+    it is the count of the next cell, as IPython would give it.
+    """
+    files = cell_files(shell)
+    frame = sys._getframe(1)
+    while frame is not None:
+        number = files.get(frame.f_code.co_filename)
+        if number is not None:
+            return number
+        frame = frame.f_back
+    return getattr(shell, "execution_count", 0)
 
 
 def cell_label(shell: Any, filename: str) -> str:

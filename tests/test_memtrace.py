@@ -343,3 +343,25 @@ def test_result_keeps_the_rss_timeline_and_plots_it(ip):
     assert len(r.timeline) >= 2
     fig = r.plot()
     assert fig.axes and fig.axes[0].lines
+
+
+def test_locations_name_the_cell_the_magic_ran_in(ip):
+    """IPython counts a cell before it runs: the statement's rows still say the running cell's number."""
+    ip.ip.run_cell("y = 1", store_history=True)
+    result = ip.ip.run_cell("%memtrace -q -v r kept = [str(i) for i in range(10_000)]", store_history=True)
+    assert result.success
+    number = result.execution_count
+    assert entry_for(ip.user_ns["r"], "kept = ").location == f"Cell In[{number}], line 1"
+    result = ip.ip.run_cell("%%mprun -q -r\nz = [0] * 1000\n", store_history=True)
+    assert result.success and result.result.functions[0].label == f"Cell In[{result.execution_count}]"
+
+
+def test_labels_say_line_question_mark_where_tracemalloc_knows_no_line():
+    from ipymem.engine.alloctrace import CodeMap
+
+    code = CodeMap({"<ipython-input-3-abc>": 3})
+    assert code.frame("<ipython-input-3-abc>", 2).label == "Cell In[3], line 2"
+    assert code.frame("<ipython-input-3-abc>", 0).label == "Cell In[3], line ?"  # not the whole cell
+    assert code.frame("<ipython-input-3-abc>", 0, whole_file=True).label == "Cell In[3]"  # -g filename
+    assert code.frame("/srv/app/job.py", 0).label.endswith("job.py:?")
+    assert code.frame("/srv/app/job.py", 0, whole_file=True).label.endswith("job.py")

@@ -157,12 +157,14 @@ class CodeMap:
             return "~" + os.sep + filename[len(home) :]
         return filename
 
-    def frame(self, filename: str, lineno: int) -> AllocFrame:
+    def frame(self, filename: str, lineno: int, whole_file: bool = False) -> AllocFrame:
+        """``whole_file``: the group is the file (``lineno`` 0); otherwise a ``lineno`` of 0 is
+        tracemalloc's "no line known" (an allocation while a frame is set up), shown as ``line ?``."""
         number = self.cell_number(filename)
         if number is not None:
-            label = f"Cell In[{number}]" + (f", line {lineno}" if lineno else "")
+            label = f"Cell In[{number}]" + ("" if whole_file else f", line {lineno or '?'}")
         else:
-            label = self.short_path(filename) + (f":{lineno}" if lineno else "")
+            label = self.short_path(filename) + ("" if whole_file else f":{lineno or '?'}")
         source = linecache.getline(filename, lineno).strip() if lineno else ""
         return AllocFrame(label=label, filename=filename, lineno=lineno, source=source)
 
@@ -432,7 +434,9 @@ def alloctrace(
     heap_peak = max(heap_peak, observed)
     peak = _minus(peak_groups, before)
     retained_runs = [_minus(g, before) for g in per_run]
-    entries, rest_peak, rest_retained, n_groups = _select(peak, retained_runs, code, top, repeat > 1)
+    entries, rest_peak, rest_retained, n_groups = _select(
+        peak, retained_runs, code, top, repeat > 1, whole_files=group_by == "filename"
+    )
     if rss_note(probe):
         notes.append(rss_note(probe))
     if watcher is not None and watcher.snapshots:
@@ -479,7 +483,7 @@ def _one_run(func: Callable[[], object], watcher: _PeakWatcher | None) -> BaseEx
 
 
 def _select(
-    peak: Groups, retained_runs: list[Groups], code: CodeMap, top: int, repeated: bool
+    peak: Groups, retained_runs: list[Groups], code: CodeMap, top: int, repeated: bool, whole_files: bool = False
 ) -> tuple[tuple[AllocEntry, ...], int, int, int]:
     """The top entries (reduced data only: one item per location) and the sums of the rest."""
     final = retained_runs[-1] if retained_runs else {}
@@ -507,7 +511,7 @@ def _select(
         p, f = peak.get(k, zero), final.get(k, zero)
         entries.append(
             AllocEntry(
-                frames=tuple(code.frame(fn, ln) for fn, ln in k),
+                frames=tuple(code.frame(fn, ln, whole_files) for fn, ln in k),
                 peak_size=p[0],
                 peak_count=p[1],
                 retained_size=f[0],
