@@ -41,10 +41,10 @@ def function_summary(f: FunctionProfile, result: MprunResult, precision: int = 2
 
 def footer(result: MprunResult) -> list[str]:
     p = result.params
-    how = f"{p.memory_method}; line events from {p.tracer}"
+    when = f"line events from {p.tracer}"
     if p.min_interval:
-        how += f"; memory read at most every {fmt_seconds(p.min_interval)} of run time ({result.readings} readings)"
-    lines = [f"{p.metric}: {how}; {fmt_seconds(result.duration)}"]
+        when += f"; memory read at most every {fmt_seconds(p.min_interval)} of run time ({result.readings} readings)"
+    lines = [f"{p.metric}: {p.memory_method}; {fmt_seconds(result.duration)}", when]
     status = _STATUS.get(result.outcome)
     if status:
         lines.append(status.format(error=result.error))
@@ -110,7 +110,7 @@ def mprun_html(result: MprunResult, precision: int = 2) -> str:
     if not result.functions:
         parts.append(notice("%mprun: nothing was profiled"))
     for i, line in enumerate(footer(result)):
-        parts.append(notice(line, color="#555" if i == 0 or line.startswith("note") else "#a40"))
+        parts.append(notice(line, color="#555" if i < 2 or line.startswith("note") else "#a40"))
     parts.append("</div>")
     return "".join(parts)
 
