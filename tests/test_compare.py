@@ -8,7 +8,7 @@ import os
 import pytest
 
 import ipymem
-from ipymem.models import Comparison, MemitResult, MemitRun, MprunParams, MprunResult
+from ipymem.models import Comparison, MemitParams, MemitResult, MemitRun, MprunParams, MprunResult
 
 from .conftest import MiB
 
@@ -85,6 +85,13 @@ def test_bad_input_gets_a_clear_error():
         ipymem.compare(memit, memit, labels=["a"])
     with pytest.raises(TypeError, match="not both"):
         ipymem.compare({"a": memit}, labels=["b"])
+    with_children = MemitResult(statement="z", runs=(run,), params=MemitParams(include_children=True))
+    with pytest.raises(ValueError, match="different memory"):
+        ipymem.compare(memit, with_children)
+    assert (
+        ipymem.compare(with_children, with_children).metrics[0].name
+        == "Increment (RSS incl. children, peak − baseline)"
+    )
     c = ipymem.compare(memit, empty)  # a result that measured nothing shows n/a, not a made-up figure
     assert c.values[1] == (None, None, None, None) and c.ratios() == (1.0, None)
     assert "n/a" in str(c)

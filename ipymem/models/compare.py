@@ -127,7 +127,10 @@ def _label(result: Result) -> str:
 
 
 def _memit(results: Any) -> tuple[list[Metric], Any]:
-    what = "RSS incl. children" if any(r.params.include_children for r in results) else "RSS"
+    children = {r.params.include_children for r in results}
+    if len(children) > 1:
+        raise ValueError("compare: these %memit results measured different memory (with and without -c)")
+    what = "RSS incl. children" if children == {True} else "RSS"
     heap = any(r.heap_increment is not None for r in results)
     metrics = [
         Metric(f"Increment ({what}, peak − baseline)", BYTES),
