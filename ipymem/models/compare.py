@@ -105,15 +105,15 @@ def compare(*results: Result | Mapping[str, Result], labels: list[str] | tuple[s
     if not results:
         raise TypeError("compare: give at least one result")
     kinds = {type(r) for r in results}
-    if len(kinds) > 1 or not kinds <= {MemitResult, MprunResult, AllocResult}:
+    if len(kinds) > 1 or not kinds <= _KINDS.keys():
         names = ", ".join(sorted(type(r).__name__ for r in results))
         raise TypeError(f"compare: expected results of one kind (MemitResult, MprunResult or AllocResult), got {names}")
     if labels is not None and len(labels) != len(results):
         raise ValueError(f"compare: {len(results)} results but {len(labels)} labels")
-    kind = type(results[0])
-    metrics, extract = _HEADLINES[kind](results)
+    magic, headlines = _KINDS[type(results[0])]
+    metrics, extract = headlines(results)
     return Comparison(
-        kind={MemitResult: "%memit", MprunResult: "%mprun", AllocResult: "%memtrace"}[kind],
+        kind=magic,
         labels=tuple(labels) if labels is not None else tuple(_label(r) for r in results),
         metrics=tuple(metrics),
         values=tuple(tuple(extract(r)) for r in results),
@@ -182,4 +182,5 @@ def _memtrace(results: Any) -> tuple[list[Metric], Any]:
     return metrics, extract
 
 
-_HEADLINES = {MemitResult: _memit, MprunResult: _mprun, AllocResult: _memtrace}
+#: Each result class: the magic that makes it, and its headline figures (metrics and how to read them).
+_KINDS = {MemitResult: ("%memit", _memit), MprunResult: ("%mprun", _mprun), AllocResult: ("%memtrace", _memtrace)}
