@@ -9,6 +9,7 @@ from __future__ import annotations
 from typing import Any
 
 from .api import memit, memtrace, mprun, profile
+from .engine.peaks import lifetime_peak
 from .models import AllocResult, Comparison, MemitResult, MemitRun, MprunResult, Sample, compare
 
 __version__ = "0.1.0"
@@ -20,6 +21,7 @@ __all__ = [
     "MprunResult",
     "Sample",
     "compare",
+    "lifetime_peak",
     "load_ipython_extension",
     "memit",
     "memtrace",

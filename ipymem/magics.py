@@ -15,7 +15,7 @@ from typing import Any
 
 from IPython.core.error import UsageError
 from IPython.core.magic import Magics, line_cell_magic, line_magic, magics_class, no_var_expand
-from traitlets import Bool, Float
+from traitlets import Bool, Float, observe
 
 from . import engine
 from .engine.interrupts import Deferred, deferred_interrupts
@@ -165,6 +165,21 @@ class MemoryMagics(Magics):
         "Set False where detection is wrong (e.g. jupyter console) or to keep notebooks small.",
     ).tag(config=True)
     live_refresh = Float(0.5, help="Fastest redraw of the live chart, in seconds.").tag(config=True)
+    reset_hwm = Bool(
+        True,
+        help="Reset the kernel's high-water mark of RSS (/proc/self/clear_refs) to get an exact peak per "
+        "measurement. This lowers the process's ru_maxrss / VmHWM as seen by /usr/bin/time or batch accounting "
+        "(ipymem.lifetime_peak() keeps the true lifetime figure). False: never reset; a peak is then exact only "
+        "when it sets a new lifetime maximum, and sampled otherwise (reports say which).",
+    ).tag(config=True)
+
+    def __init__(self, shell: Any = None, **kwargs: Any) -> None:
+        super().__init__(shell, **kwargs)
+        engine.peaks.set_reset_hwm(self.reset_hwm)
+
+    @observe("reset_hwm")
+    def _reset_hwm_changed(self, change: Any) -> None:
+        engine.peaks.set_reset_hwm(change["new"])
 
     _memwatch: MemWatch | None = None
 

@@ -9,8 +9,9 @@ import threading
 
 import pytest
 
-from ipymem.engine import Sampler, Timeline, make_probe, memit
-from ipymem.engine.probes import PEAK_HWM, PEAK_RU_MAXRSS, PEAK_SAMPLED, ProcfsProbe, PsutilProbe
+from ipymem.engine import Sampler, Timeline, memit, probes
+from ipymem.engine.peaks import PeakLedger
+from ipymem.engine.probes import PEAK_HWM, ProcfsProbe, PsutilProbe
 
 MiB = 2**20
 HAS_PROC = os.path.exists("/proc/self/statm")
@@ -62,8 +63,9 @@ def test_fallback_without_clear_refs_is_sampling_and_says_so(monkeypatch):
             raise PermissionError(path)
         return real_open(path, *args, **kwargs)
 
+    probes.close_shared_probe()  # the process-wide ledger reads the shared probe: choose it under the patch
     monkeypatch.setattr(os, "open", fake_open)
-    probe = make_probe("auto")
+    probe = probes.shared_probe()
     try:
         assert not probe.can_reset_peak
         # A small allocation: ru_maxrss (lifetime maximum) is not exceeded, so only samples remain.
@@ -72,18 +74,21 @@ def test_fallback_without_clear_refs_is_sampling_and_says_so(monkeypatch):
         assert not result.exact
         assert "may miss" in str(result)
     finally:
-        probe.close()
+        monkeypatch.undo()
+        probes.close_shared_probe()
 
 
-def test_psutil_probe_is_exact_when_a_new_lifetime_record_is_set():
+def test_without_resets_a_window_is_exact_only_at_a_new_lifetime_record():
     probe = PsutilProbe()
-    probe.reset_peak()
-    _, method = probe.peak()
-    assert method == PEAK_SAMPLED  # nothing happened since the reset
-    big = bytearray(int(probe._ru_maxrss() * 1.2) + 64 * MiB)  # beyond the lifetime maximum
+    ledger = PeakLedger(probe.hwm, probe.clear_hwm, lambda: False)
+    w = ledger.open()
+    assert not w.reset
+    assert ledger.peek(w) == (None, False)  # nothing new since the window opened: unknown, not zero
+    big = bytearray(int(probe.hwm() * 1.2) + 64 * MiB)  # beyond the lifetime maximum
+    size = len(big)
     del big
-    value, method = probe.peak()
-    assert method == PEAK_RU_MAXRSS and value is not None
+    value, exact = ledger.close(w)
+    assert exact and value is not None and value >= size
 
 
 class FakeProbe:

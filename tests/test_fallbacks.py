@@ -103,7 +103,7 @@ def test_clear_refs_unwritable_keeps_statm_and_says_how_the_peak_was_known(ip, w
     assert m.peak_method.startswith(("lifetime high-water mark", "sampled")), m.peak_method
     assert "VmHWM" not in ip.texts()[-1]
     ip.line("mprun", "-f grow y = grow(2**20)")
-    assert "RSS from /proc/self/statm, peaks from the readings only" in ip.texts()[-1]
+    assert "RSS from /proc/self/statm, peaks from the readings (and new lifetime maxima)" in ip.texts()[-1]
 
 
 def test_proc_comes_back_after_the_fallback(ip, without_proc):

@@ -4,10 +4,23 @@ Nothing here imports IPython, ipywidgets or matplotlib; the engines take
 plain callables and return the plain results of :mod:`ipymem.models`.
 """
 
+from . import peaks
 from .alloctrace import alloctrace
 from .linetrace import profile_lines
 from .memit import memit
+from .peaks import lifetime_peak
 from .probes import Probe, make_probe, shared_probe
 from .sampler import Sampler, Timeline
 
-__all__ = ["Probe", "Sampler", "Timeline", "alloctrace", "make_probe", "memit", "profile_lines", "shared_probe"]
+__all__ = [
+    "Probe",
+    "Sampler",
+    "Timeline",
+    "alloctrace",
+    "lifetime_peak",
+    "make_probe",
+    "memit",
+    "peaks",
+    "profile_lines",
+    "shared_probe",
+]

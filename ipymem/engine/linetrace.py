@@ -60,12 +60,8 @@ from typing import Any
 
 from ..models import outcome_of
 from ..models.lines import FunctionProfile, LineStats, MprunParams, MprunResult
+from . import peaks
 from .probes import Probe, shared_probe
-
-try:  # POSIX only
-    import resource
-except ImportError:  # pragma: no cover - Windows
-    resource = None  # type: ignore[assignment]
 
 MONITORING = "sys.monitoring"
 SETTRACE = "sys.settrace"
@@ -137,48 +133,42 @@ def describe(obj: Any) -> str:
 
 
 class _ProcfsMeter:
-    """Linux: RSS from a kept-open ``statm``; window peak from ``ru_maxrss``, reset via ``clear_refs``."""
+    """Linux: RSS from a kept-open ``statm``; window peaks from the kernel high-water mark.
 
-    method = "RSS from /proc/self/statm, peaks from the kernel high-water mark"
+    The mark is shared by the whole process, so it is read and reset through a
+    window of :data:`.peaks.rss_peaks` (which first folds it into every other
+    open measurement).  Where the mark cannot or may not be reset (``reset_hwm``
+    off), a window's peak is known only when it sets a new lifetime maximum;
+    otherwise the readings themselves are the peaks.
+    """
 
     def __init__(self) -> None:
-        if resource is None:
-            raise OSError("no getrusage")
         self._page = os.sysconf("SC_PAGE_SIZE")
         self._statm = os.open("/proc/self/statm", os.O_RDONLY)
-        try:
-            self._clear = os.open("/proc/self/clear_refs", os.O_WRONLY)
-        except OSError:
-            os.close(self._statm)
-            raise
-        try:
-            os.write(self._clear, b"5")
-            # ru_maxrss must follow the reset (it is the mm's high-water mark on Linux).
-            if self._ru() > self._rss() + 64 * 2**20:
-                raise OSError("ru_maxrss is not reset by clear_refs here")
-        except OSError:
-            self.close()
-            raise
-
-    def _rss(self) -> int:
-        return int(os.pread(self._statm, 128, 0).split(None, 2)[1]) * self._page
-
-    @staticmethod
-    def _ru() -> int:
-        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+        self._ledger = peaks.rss_peaks
+        self.exact_peaks = peaks.rss_peak_resettable()
+        self.method = (
+            "RSS from /proc/self/statm, peaks from the kernel high-water mark"
+            if self.exact_peaks
+            else "RSS from /proc/self/statm, peaks from the readings (and new lifetime maxima)"
+        )
+        self._window: peaks.Window | None = self._ledger.open()
+        self._take = self._ledger.take
 
     def read(self) -> tuple[int, int]:
         value = int(os.pread(self._statm, 128, 0).split(None, 2)[1]) * self._page
-        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-        os.write(self._clear, b"5")
+        peak = self._take(self._window)[0]
         # The high-water mark is folded in lazily and can read a little below current RSS.
-        return value, (peak if peak > value else value)
+        return value, (peak if peak is not None and peak > value else value)
 
     def close(self) -> None:
-        for fd in (getattr(self, "_statm", None), getattr(self, "_clear", None)):
-            if fd is not None:
-                with contextlib.suppress(OSError):
-                    os.close(fd)
+        window, self._window = self._window, None
+        if window is not None:
+            self._ledger.close(window)
+        fd, self._statm = getattr(self, "_statm", None), None
+        if fd is not None:
+            with contextlib.suppress(OSError):
+                os.close(fd)
 
 
 class _ProbeMeter:
@@ -213,17 +203,34 @@ class _ChildrenMeter:
 
 
 class _HeapMeter:
-    """The Python heap as traced by tracemalloc: exact current and peak."""
+    """The Python heap as traced by tracemalloc: exact current and peak.
+
+    tracemalloc's peak is shared (the user's own tracing, an outer ``%memit
+    --heap``), so it is read and reset through a window of
+    :data:`.peaks.heap_peaks`; if the user was tracing, it is never reset
+    and a window's peak is known only when it sets a new maximum.
+    """
 
     method = "Python heap from tracemalloc (current and peak)"
 
+    def __init__(self) -> None:
+        self._ledger = peaks.heap_peaks
+        self.exact_peaks = peaks.heap_tracing.resettable()
+        if not self.exact_peaks:
+            self.method = "Python heap from tracemalloc (your tracing: peaks from the readings and new maxima)"
+        self._window: peaks.Window | None = self._ledger.open()
+        self._take = self._ledger.take
+        self._get = tracemalloc.get_traced_memory
+
     def read(self) -> tuple[int, int]:
-        value, peak = tracemalloc.get_traced_memory()
-        tracemalloc.reset_peak()
-        return value, (peak if peak > value else value)
+        value = self._get()[0]
+        peak = self._take(self._window)[0]
+        return value, (peak if peak is not None and peak > value else value)
 
     def close(self) -> None:
-        pass
+        window, self._window = self._window, None
+        if window is not None:
+            self._ledger.close(window)
 
 
 def make_meter(backend: str = "rss", include_children: bool = False, probe: Probe | None = None) -> Any:
@@ -882,10 +889,10 @@ def profile_lines(
     if tracer == "monitoring" and not hasattr(sys, "monitoring"):
         raise ValueError("sys.monitoring needs Python 3.12 or later")
     notes: list[str] = []
-    started_tracemalloc = False
-    if backend == "heap" and meter is None and not tracemalloc.is_tracing():
-        tracemalloc.start()
-        started_tracemalloc = True
+    acquired_heap = False
+    if backend == "heap" and meter is None:
+        peaks.heap_tracing.acquire()
+        acquired_heap = True
     own_meter = meter is None
     error: BaseException | None = None
     try:
@@ -923,8 +930,8 @@ def profile_lines(
     finally:
         if own_meter and meter is not None:
             meter.close()
-        if started_tracemalloc:
-            tracemalloc.stop()
+        if acquired_heap:
+            peaks.heap_tracing.release()
     if threads.started or books.foreign:
         notes.append(
             "only the calling thread is profiled: threads started by the profiled code are not"

@@ -8,7 +8,13 @@ as the fallback where the kernel offers no resettable high-water mark.
 
 The Python heap (tracemalloc) peak is measured when asked for, or for free
 when tracemalloc is already running.  tracemalloc's state is left exactly as
-found: started and stopped by us only if it was off, frame count untouched.
+found: started and stopped by us only if it was off, frame count untouched,
+and if the user was tracing, its peak is never reset (see :mod:`.peaks`).
+
+Both peak counters are shared with the rest of the process: each run opens a
+window on :data:`.peaks.rss_peaks` and :data:`.peaks.heap_peaks`, so a
+measurement nested inside this one (or running in another thread) does not
+take this one's peak away.
 
 This module knows nothing of IPython: it takes a zero-argument callable.
 """
@@ -21,9 +27,10 @@ import tracemalloc
 from collections.abc import Callable
 
 from ..models import MemitParams, MemitResult, MemitRun, outcome_of
+from . import peaks
 from .interrupts import deferred_interrupts
-from .probes import PEAK_SAMPLED, Probe, rss_note, shared_probe
-from .sampler import Sampler
+from .probes import PEAK_HWM, PEAK_RU_MAXRSS, PEAK_SAMPLED, Probe, rss_note, shared_probe
+from .sampler import Sampler, ThreadActivity
 
 
 def memit(
@@ -70,14 +77,18 @@ def memit(
     methods: set[str] = set()
     error: BaseException | None = None
     timed_out = False
-    started_tracemalloc = False
+    acquired_heap = False
+    ledger = peaks.ledger_for(probe)
+    users_heap = params.trace_heap and peaks.heap_tracing.users_tracing()
+    activity = ThreadActivity().start()
+    sampler.activity = activity
     try:
         # Inside the try, so an interrupt landing just after the deferral still reaches the finally.
         # gc.collect() is deferred too: an interrupt landing in a gc callback would be lost.
         with deferred_interrupts() as held:
-            if params.trace_heap and not tracemalloc.is_tracing():
-                tracemalloc.start()
-                started_tracemalloc = True
+            if params.trace_heap:
+                peaks.heap_tracing.acquire()
+                acquired_heap = True
             if collect:
                 gc.collect()
         if held.received:
@@ -87,7 +98,7 @@ def memit(
             if timeout is not None and i > 0 and time.perf_counter() - budget_start >= timeout:
                 timed_out = True
                 break
-            run, method, error = _one_run(func, probe, sampler, params.trace_heap)
+            run, method, error = _one_run(func, ledger, sampler, params.trace_heap)
             runs.append(run)
             methods.add(method)
             if error is not None:
@@ -97,11 +108,23 @@ def memit(
     finally:
         with deferred_interrupts() as held:
             sampler.stop()
-            if started_tracemalloc:
-                tracemalloc.stop()
+            if acquired_heap:
+                peaks.heap_tracing.release()
         if held.received and error is None:
             error = KeyboardInterrupt()
     notes = []
+    if PEAK_SAMPLED in methods and ledger is peaks.rss_peaks and not peaks.reset_hwm_allowed():
+        notes.append(peaks.NO_RESET_NOTE)
+    if users_heap and any(r.heap_peak is not None and not r.heap_exact for r in runs):
+        notes.append(peaks.USER_HEAP_NOTE)
+    sampler.activity = None
+    others = activity.stop()
+    if others:
+        notes.append(
+            f"{len(others)} other thread(s) ran during the measurement ({', '.join(others[:3])}"
+            + (", ..." if len(others) > 3 else "")
+            + "): RSS is the whole process's, so their memory is included"
+        )
     if rss_note(probe):
         notes.append(rss_note(probe))
     if include_children and methods != {PEAK_SAMPLED}:
@@ -125,21 +148,24 @@ def memit(
 
 
 def _one_run(
-    func: Callable[[], object], probe: Probe, sampler: Sampler, trace_heap: bool
+    func: Callable[[], object], ledger: peaks.PeakLedger, sampler: Sampler, trace_heap: bool
 ) -> tuple[MemitRun, str, BaseException | None]:
     __tracebackhide__ = True  # a convention IPython (and pytest) honour: keep user tracebacks clean
     error: BaseException | None = None
     heap_baseline = heap_peak = None
-    if trace_heap:
-        tracemalloc.reset_peak()
-        heap_baseline = tracemalloc.get_traced_memory()[0]
+    heap_exact = True
+    heap_window = None
     count_before = sampler.timeline.count
     with deferred_interrupts() as held:
         # Start the thread first: its stack pages are ipymem's cost, not the statement's.
         sampler.start()
         sampler.timeline.reset_window()
         baseline = sampler.read()
-        probe.reset_peak()
+        window = ledger.open()
+        if trace_heap:
+            heap_window = peaks.heap_peaks.open()
+    if heap_window is not None:  # after the deferral's own objects are freed: they are not the statement's
+        heap_baseline = tracemalloc.get_traced_memory()[0]
     t0 = time.perf_counter()
     try:
         if held.received:
@@ -149,9 +175,11 @@ def _one_run(
         error = exc
     with deferred_interrupts() as held:
         duration = time.perf_counter() - t0
-        if trace_heap:
-            heap_peak = tracemalloc.get_traced_memory()[1]
-        exact, method = probe.peak()
+        exact, exact_known = ledger.close(window)
+        if heap_window is not None:
+            heap_peak, heap_exact = peaks.heap_peaks.close(heap_window)
+            heap_now = tracemalloc.get_traced_memory()[0] if tracemalloc.is_tracing() else 0
+            heap_peak = max(heap_peak or 0, heap_now, heap_baseline or 0)
         sampler.stop()
     if held.received and error is None:
         error = KeyboardInterrupt()
@@ -159,9 +187,11 @@ def _one_run(
     sampled_max = sampler.timeline.window_max or end
     # With children, samples are this process + children while the high-water
     # mark covers this process only: the larger of the two is the best bound.
+    if exact is not None and exact_known:
+        method = PEAK_HWM if window.reset else PEAK_RU_MAXRSS
+    else:
+        exact, method = None, PEAK_SAMPLED
     peak = max(baseline, end, sampled_max, exact or 0)
-    if exact is None:
-        method = PEAK_SAMPLED
     run = MemitRun(
         baseline=baseline,
         peak=peak,
@@ -170,6 +200,7 @@ def _one_run(
         samples=sampler.timeline.count - count_before,
         heap_baseline=heap_baseline,
         heap_peak=heap_peak,
+        heap_exact=heap_exact,
     )
     return run, method, error
 

@@ -6,13 +6,13 @@ A probe answers three questions, each as cheaply as the platform allows:
   kept-open ``/proc/self/statm`` read with ``os.pread`` (~1 µs); elsewhere a
   kept :class:`psutil.Process` (~12 µs).  Creating a new ``psutil.Process``
   per reading, as the incumbent does, costs ~30 µs and is avoided.
-* ``reset_peak()`` / ``peak()``: the exact highest RSS since the reset.  On
-  Linux the kernel keeps a high-water mark (``VmHWM``) that writing ``5`` to
-  ``/proc/self/clear_refs`` resets; it cannot miss a spike, however short.
-  Where that file is missing or not writable, ``getrusage().ru_maxrss``
-  (the lifetime maximum) still gives an exact peak whenever the measured
-  code set a new lifetime record; otherwise the caller falls back to the
-  sampler and says so.
+* ``hwm()`` / ``clear_hwm()``: the kernel's high-water mark of RSS and its
+  reset.  On Linux the kernel keeps a high-water mark (``VmHWM``) that
+  writing ``5`` to ``/proc/self/clear_refs`` resets; it cannot miss a spike,
+  however short.  Where that file is missing or not writable,
+  ``getrusage().ru_maxrss`` (the lifetime maximum) is the mark, never reset.
+  Nothing calls these but :mod:`ipymem.engine.peaks`, the one owner of the
+  mark, which folds it into every open measurement before a reset.
 * ``children_rss()``: summed RSS of child processes (psutil; only with ``-c``).
 
 Probes never raise on the hot path for a platform quirk: they are chosen once,
@@ -48,9 +48,9 @@ class Probe(Protocol):
 
     def rss(self) -> int: ...
 
-    def reset_peak(self) -> None: ...
+    def hwm(self) -> int | None: ...
 
-    def peak(self) -> tuple[int | None, str]: ...
+    def clear_hwm(self) -> bool: ...
 
     def children_rss(self) -> int: ...
 
@@ -62,7 +62,6 @@ class _BaseProbe:
 
     _process = None
     _process_pid = -1
-    _ru_at_reset = 0
 
     def rss(self) -> int:  # pragma: no cover - overridden
         raise NotImplementedError
@@ -73,15 +72,12 @@ class _BaseProbe:
             return None
         return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * _RU_MAXRSS_SCALE
 
-    def _ru_reset(self) -> None:
-        self._ru_at_reset = self._ru_maxrss() or 0
+    def hwm(self) -> int | None:
+        """The lifetime maximum of RSS (``ru_maxrss``); never reset here."""
+        return self._ru_maxrss()
 
-    def _ru_peak(self) -> tuple[int | None, str]:
-        """Exact only if the lifetime maximum rose since the reset: then the peak happened since."""
-        now = self._ru_maxrss()
-        if now is not None and now > self._ru_at_reset:
-            return max(now, self.rss()), PEAK_RU_MAXRSS
-        return None, PEAK_SAMPLED
+    def clear_hwm(self) -> bool:
+        return False
 
     def _psutil_process(self):
         import psutil
@@ -129,8 +125,9 @@ class ProcfsProbe(_BaseProbe):
         self._statm = os.open(f"{self._proc}/statm", os.O_RDONLY)
         self._status = os.open(f"{self._proc}/status", os.O_RDONLY)
         try:
+            # Opening for writing proves the permission; nothing is written here (a reset would
+            # destroy the lifetime mark before the ledger recorded it).
             self._clear_refs: int | None = os.open(f"{self._proc}/clear_refs", os.O_WRONLY)
-            os.write(self._clear_refs, b"5")  # prove it works once, now
         except OSError:
             self._clear_refs = None
         try:  # prove a reading works too: a /proc that opens but reads empty or odd is not usable
@@ -141,6 +138,10 @@ class ProcfsProbe(_BaseProbe):
             self.close()
             raise OSError(f"{self._proc}/statm is not readable here: {exc!r}") from None
         self.can_reset_peak = self._clear_refs is not None and hwm is not None
+        # ru_maxrss (~0.8 µs) is the mm's mark, reset with it, unless the process inherited a larger
+        # maximum across exec; then only VmHWM (a /proc/self/status read) follows the reset.
+        ru = self._ru_maxrss()
+        self._ru_is_hwm = ru is not None and hwm is not None and abs(ru - hwm) <= 2 * 2**20
 
     def _check_pid(self) -> None:
         if os.getpid() != self._pid:
@@ -159,29 +160,32 @@ class ProcfsProbe(_BaseProbe):
             return None
         return int(data[start + 6 : data.index(b"kB", start)]) * 1024
 
-    def reset_peak(self) -> None:
-        self._check_pid()
-        if self._clear_refs is not None:
-            with self._lock:
-                os.write(self._clear_refs, b"5")
-        else:
-            self._ru_reset()
+    def hwm(self) -> int | None:
+        """The kernel's high-water mark of RSS since the last :meth:`clear_hwm` (or the lifetime one)."""
+        if not self.can_reset_peak:
+            return self._ru_maxrss()
+        if self._ru_is_hwm:
+            return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * _RU_MAXRSS_SCALE
+        return self._hwm()
 
-    def peak(self) -> tuple[int | None, str]:
-        """Highest RSS since :meth:`reset_peak` and how it was known; ``(None, 'sampled')`` if unknown."""
-        hwm = self._hwm() if self.can_reset_peak else None
-        if hwm is None:
-            return self._ru_peak()
-        # VmHWM is updated lazily by the kernel (per-thread RSS counters are
-        # folded in batches) and can read a little below the current RSS.
-        return max(hwm, self.rss()), PEAK_HWM
+    def clear_hwm(self) -> bool:
+        """Reset the mark to the current RSS; only :mod:`ipymem.engine.peaks` calls this."""
+        self._check_pid()
+        fd = self._clear_refs
+        if fd is None:
+            return False
+        with self._lock:
+            os.write(fd, b"5")
+        return True
 
     def close(self) -> None:
-        for fd in (self._statm, self._status, self._clear_refs):
+        """Close the descriptors once (a second close could hit a number reused by another file)."""
+        fds = (getattr(self, "_statm", None), getattr(self, "_status", None), getattr(self, "_clear_refs", None))
+        self._statm = self._status = self._clear_refs = None  # type: ignore[assignment]
+        for fd in fds:
             if fd is not None:
                 with contextlib.suppress(OSError):
                     os.close(fd)
-        self._clear_refs = None
         self.can_reset_peak = False
 
     def __del__(self) -> None:
@@ -197,12 +201,6 @@ class PsutilProbe(_BaseProbe):
 
     def rss(self) -> int:
         return self._psutil_process().memory_info().rss
-
-    def reset_peak(self) -> None:
-        self._ru_reset()
-
-    def peak(self) -> tuple[int | None, str]:
-        return self._ru_peak()
 
     def close(self) -> None:
         self._process = None
@@ -259,3 +257,6 @@ def close_shared_probe() -> None:
     global _shared
     with _shared_lock:
         _shared = None
+    from . import peaks
+
+    peaks.refresh()

@@ -13,6 +13,8 @@ default: well under 1 MiB).
 
 from __future__ import annotations
 
+import contextlib
+import sys
 import threading
 import time
 from collections.abc import Callable
@@ -21,6 +23,66 @@ from ..models import Sample
 from .probes import Probe
 
 THREAD_PREFIX = "ipymem-"
+
+#: Threads of the kernel and of IPython that wake only to move messages or save history:
+#: their memory is noise, and naming them in every report would hide a real worker thread.
+INFRASTRUCTURE_THREADS = (THREAD_PREFIX, "IOPub", "Heartbeat", "Control", "IPythonHistorySavingThread", "Shell")
+
+
+class ThreadActivity:
+    """Which other threads ran Python code between :meth:`start` and :meth:`stop`.
+
+    A thread is seen running when its innermost Python frame or instruction
+    changed between two looks (``sys._current_frames()``), when it started or
+    when it ended in between.  A thread that did work and came back to the
+    very instruction it was blocked on between two looks is missed, so
+    :meth:`poll` can be called in between (the sampler does, at its ticks) to
+    look more often.  Kernel infrastructure threads (:data:`INFRASTRUCTURE_THREADS`)
+    and ipymem's own are left out.  No frame is kept, only numbers.
+    """
+
+    def __init__(self) -> None:
+        self._me = threading.get_ident()
+        self._lock = threading.Lock()
+        self._last: dict[int, tuple[str, int, int]] = {}
+        self.ran: dict[int, str] = {}
+
+    def _look(self) -> dict[int, tuple[str, int, int]]:
+        names = {t.ident: t.name for t in threading.enumerate()}
+        out = {}
+        for ident, frame in sys._current_frames().items():
+            if ident == self._me:
+                continue
+            name = names.get(ident, f"thread {ident}")
+            if name.startswith(INFRASTRUCTURE_THREADS):
+                continue
+            out[ident] = (name, id(frame.f_code) ^ id(frame), frame.f_lasti)
+        return out
+
+    def start(self) -> ThreadActivity:
+        self._last = self._look()
+        self.ran = {}
+        return self
+
+    def poll(self) -> None:
+        with self._lock:
+            self._poll()
+
+    def _poll(self) -> None:
+        now = self._look()
+        for ident, state in now.items():
+            before = self._last.get(ident)
+            if before is None or before != state:
+                self.ran[ident] = state[0]
+        for ident, state in self._last.items():
+            if ident not in now:
+                self.ran[ident] = state[0]
+        self._last = now
+
+    def stop(self) -> list[str]:
+        """Names of the threads that ran, sorted."""
+        self.poll()
+        return sorted(set(self.ran.values()))
 
 
 class Timeline:
@@ -114,6 +176,8 @@ class Sampler:
         self.clock = clock
         self.timeline = Timeline(max_points)
         self.errors = 0
+        #: looked at on every tick while set (see :class:`ThreadActivity`)
+        self.activity: ThreadActivity | None = None
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._t0: float | None = None
@@ -160,6 +224,10 @@ class Sampler:
     def _run(self) -> None:
         while not self._stop.wait(self.interval):
             self.sample()
+            activity = self.activity
+            if activity is not None:
+                with contextlib.suppress(Exception):  # a thread vanishing mid-look must not stop the sampling
+                    activity.poll()
 
     def stop(self) -> None:
         """Stop the thread (returns at once: the wait is on an Event) and take a last reading."""

@@ -7,8 +7,9 @@ draws its first frame only after ~0.25 s, so quick cells pay nothing for
 drawing, and at the end it is replaced by the compact line.
 
 The peak is the larger of the sampled maximum and the kernel high-water mark
-since the cell started; a ``%memit`` inside the cell resets that mark, so the
-cell's peak is then a lower bound.
+since the cell started, read through a window of :data:`ipymem.engine.peaks.rss_peaks`,
+so a ``%memit`` inside the cell (which resets the mark for itself) takes
+nothing away from the cell's peak.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import time
 from html import escape
 from typing import Any
 
+from ..engine import peaks
 from ..engine.probes import shared_probe
 
 MiB = 1024 * 1024
@@ -38,6 +40,7 @@ class MemWatch:
         self.view: Any = None
         self.chart: Any = None
         self._start: tuple[int, float] | None = None
+        self._window: peaks.Window | None = None
         self.lines: list[str] = []
 
     def on(self) -> None:
@@ -64,6 +67,7 @@ class MemWatch:
                 events.unregister(name, callback)
         self._close_view(None)
         self._start = None
+        self._drop_window()
         self.chart = None
 
     # -- events -------------------------------------------------------------------
@@ -71,6 +75,7 @@ class MemWatch:
         from .view import live_view
 
         self._close_view(None)  # a view left by a cell whose post_run_cell never came
+        self._drop_window()
         live = self.live() if callable(self.live) else self.live
         self.view = live_view(
             self.shell,
@@ -85,7 +90,7 @@ class MemWatch:
         if not self.view.enabled:
             self.view = None
         baseline = self.probe.rss()
-        self.probe.reset_peak()
+        self._window = peaks.rss_peaks.open()  # shared with any magic the cell runs: each keeps its peak
         self._start = (baseline, time.perf_counter())
         if self.view is not None:
             self.view.__enter__()
@@ -97,7 +102,8 @@ class MemWatch:
         self._start = None
         seconds = time.perf_counter() - t0
         now = self.probe.rss()
-        exact, _ = self.probe.peak()
+        window, self._window = self._window, None
+        exact = peaks.rss_peaks.close(window)[0] if window is not None else None
         sampled = None
         if self.view is not None:
             sampled = self.view.sampler.timeline.max_value
@@ -114,6 +120,11 @@ class MemWatch:
             from IPython.display import display
 
             display(bundle, raw=True)
+
+    def _drop_window(self) -> None:
+        window, self._window = self._window, None
+        if window is not None:
+            peaks.rss_peaks.close(window)
 
     def _close_view(self, replace_with: dict[str, Any] | None) -> None:
         view, self.view = self.view, None

@@ -57,6 +57,9 @@ class MemitRun:
     samples: int
     heap_baseline: int | None = None
     heap_peak: int | None = None
+    #: False when tracemalloc's peak could not be read exactly for this run (the user's own tracing,
+    #: whose peak ipymem never resets, set no new maximum): ``heap_peak`` is then a lower bound.
+    heap_exact: bool = True
 
     @property
     def increment(self) -> int:
