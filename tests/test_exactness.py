@@ -1,0 +1,259 @@
+"""Exact in company: figures stay true when measurements nest, overlap, or meet the user's own tracemalloc.
+
+Every measurement shares two process-wide counters (the kernel's high-water
+mark of RSS and tracemalloc's peak) with every other one.  These tests make a
+300 MiB spike in an outer measurement, then run an inner one that resets the
+counter for itself, and check that the outer figure still sees the spike.
+"""
+
+from __future__ import annotations
+
+import resource
+import threading
+import tracemalloc
+
+import pytest
+
+import ipymem
+from ipymem.engine import peaks
+
+from .conftest import MiB
+
+SPIKE = 300 * MiB
+
+HELPERS = """
+import ipymem, threading
+
+def spike(n=300 * 2**20):
+    b = bytearray(n)         # zero-filled: every page is touched
+    del b
+
+def profiled_noop():
+    x = 1
+    return x
+
+@ipymem.profile
+def decorated_noop():
+    return 1
+
+def api_inner():
+    ipymem.memit(lambda: None)
+
+def inner_in_thread():
+    t = threading.Thread(target=lambda: ipymem.memit(lambda: None))
+    t.start(); t.join()
+"""
+
+INNER = {
+    "%memit": "%memit -q pass",
+    "%%memit": "%%memit -q\npass",
+    "%mprun": "%mprun -q -f profiled_noop profiled_noop()",
+    "%memtrace": "%memtrace -q x = 1",
+    "@profile": "decorated_noop()",
+    "api": "api_inner()",
+    "thread": "inner_in_thread()",
+}
+
+
+def _inner_cell(kind: str) -> str:
+    inner = INNER[kind]
+    if inner.startswith("%%"):
+        head, body = inner.split("\n", 1)
+        return f"get_ipython().run_cell_magic({head[2:].split()[0]!r}, {head.split(' ', 1)[1]!r}, {body!r})"
+    return inner
+
+
+@pytest.mark.parametrize("kind", list(INNER))
+def test_outer_memit_keeps_its_spike_whatever_runs_inside(ip, kind):
+    ip.run_cell(HELPERS)
+    # -i 60: the outer sampler never ticks, so only the high-water mark can have seen the spike.
+    r = ip.cell("memit", "-o -q -i 60", f"spike()\n{_inner_cell(kind)}\n")
+    assert r.exact, r.peak_method
+    assert abs(r.increment - SPIKE) < 0.05 * SPIKE, (kind, r.increment / MiB)
+
+
+def test_inner_measurement_keeps_its_own_figure(ip):
+    """The inner %memit, opened after the spike, does not report the outer spike."""
+    ip.run_cell(HELPERS)
+    ip.run_cell("inner = None")
+    outer = ip.cell(
+        "memit",
+        "-o -q -i 60",
+        "spike()\ninner = get_ipython().run_line_magic('memit', '-o -q x = bytearray(50 * 2**20); del x')\n",
+    )
+    inner = ip.user_ns["inner"]
+    assert abs(outer.increment - SPIKE) < 0.05 * SPIKE
+    assert abs(inner.increment - 50 * MiB) < 0.05 * 50 * MiB, inner.increment / MiB
+
+
+def test_memwatch_keeps_the_cells_peak_with_a_memit_inside(ip):
+    ip.run_cell(HELPERS)
+    ip.line("memwatch", "on")
+    try:
+        ip.clear()
+        ip.run_cell("spike()\n%memit -q pass\n")
+        lines = [t for t in ip.texts() if "above start" in t]
+        assert lines, ip.texts()
+        peak = float(lines[-1].split("peak", 1)[1].split("MiB")[0].replace(",", "").replace("+", ""))
+        assert abs(peak - 300) < 15, lines[-1]
+    finally:
+        ip.line("memwatch", "off")
+
+
+def test_outer_mprun_line_peak_keeps_a_spike_made_before_an_inner_measurement(ip):
+    ip.run_cell(HELPERS)
+    ip.run_cell("def outer():\n    spike(); ipymem.memit(lambda: None)\n    return 1\n")
+    r = ip.line("mprun", "-o -q -f outer outer()")
+    line = next(ln for ln in r.functions[0].lines if "spike()" in ln.source)
+    assert abs(line.peak - SPIKE) < 0.05 * SPIKE, line.peak / MiB
+
+
+def test_two_threads_measuring_at_once_each_keep_their_peak():
+    results: dict[str, object] = {}
+    started = threading.Barrier(2)
+
+    def big():
+        started.wait()
+        b = bytearray(SPIKE)
+        del b
+        results["big_done"] = True
+
+    def small():
+        started.wait()
+        for _ in range(50):  # many resets while the other one runs
+            ipymem.memit(lambda: None)
+
+    t = threading.Thread(target=lambda: results.__setitem__("small", small()))
+    t.start()
+    r = ipymem.memit(big, interval=60)  # no sampler tick: only the high-water mark sees the spike
+    t.join()
+    assert abs(r.increment - SPIKE) < 0.05 * SPIKE, r.increment / MiB
+
+
+# -- the user's own tracemalloc ------------------------------------------------------
+
+
+USER_TRACING_RUNS = {
+    "%memit --heap": ("memit", "-q --heap x = bytearray(2**20); del x"),
+    "%memit": ("memit", "-q x = 1"),
+    "%mprun heap": ("mprun", "-q --backend heap -f profiled_noop profiled_noop()"),
+    "%mprun rss": ("mprun", "-q -f profiled_noop profiled_noop()"),
+}
+
+
+@pytest.mark.parametrize("what", list(USER_TRACING_RUNS))
+def test_the_users_tracemalloc_peak_survives_every_magic(ip, what):
+    ip.run_cell(HELPERS)
+    tracemalloc.start()
+    try:
+        b = bytearray(40 * MiB)
+        del b
+        before = tracemalloc.get_traced_memory()[1]
+        assert before >= 40 * MiB
+        magic, line = USER_TRACING_RUNS[what]
+        ip.line(magic, line)
+        assert tracemalloc.get_traced_memory()[1] >= before
+        assert tracemalloc.is_tracing()
+    finally:
+        tracemalloc.stop()
+
+
+def test_the_users_tracemalloc_peak_survives_the_api():
+    tracemalloc.start()
+    try:
+        b = bytearray(40 * MiB)
+        del b
+        before = tracemalloc.get_traced_memory()[1]
+        r = ipymem.memit(lambda: bytearray(MiB), trace_heap=True)
+        ipymem.mprun(lambda: bytearray(MiB), backend="heap")
+        assert tracemalloc.get_traced_memory()[1] >= before
+    finally:
+        tracemalloc.stop()
+    # No new maximum was set (1 MiB under a 40 MiB peak): the heap peak is a lower bound, and said so.
+    assert r.runs[0].heap_exact is False
+    assert any("at least" in n for n in r.notes), r.notes
+
+
+def test_a_new_heap_maximum_under_the_users_tracing_is_exact():
+    tracemalloc.start()
+    try:
+        r = ipymem.memit(lambda: bytearray(30 * MiB), trace_heap=True)
+    finally:
+        tracemalloc.stop()
+    assert r.runs[0].heap_exact
+    assert abs(r.heap_increment - 30 * MiB) < MiB
+
+
+# -- the process's lifetime peak ------------------------------------------------------
+
+
+def _ru_maxrss() -> int:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+
+@pytest.fixture
+def no_reset():
+    peaks.set_reset_hwm(False)
+    yield
+    peaks.set_reset_hwm(True)
+
+
+def test_lifetime_peak_is_kept_across_resets():
+    b = bytearray(400 * MiB)
+    del b
+    life = ipymem.lifetime_peak()
+    assert life is not None and life >= 400 * MiB
+    ipymem.memit(lambda: None)  # resets the kernel's mark
+    assert _ru_maxrss() < life  # the kernel's figure dropped...
+    assert ipymem.lifetime_peak() >= life  # ...ipymem's record did not
+
+
+def test_reset_hwm_off_leaves_ru_maxrss_alone_and_labels_its_peaks(ip, no_reset):
+    b = bytearray(300 * MiB)
+    del b
+    before = _ru_maxrss()
+    r = ip.line("memit", "-o x = bytearray(2**20)")
+    assert _ru_maxrss() >= before
+    assert not r.exact and r.peak_method.startswith("sampled")
+    assert any("reset_hwm is off" in n for n in r.notes)
+    # A new lifetime maximum is exact even without a reset.
+    big = int(before * 1.2) + 100 * MiB
+    r = ip.line("memit", f"-o -q y = bytearray({big}); del y")
+    assert r.exact and "lifetime" in r.peak_method, r.peak_method
+    assert abs(r.increment - big) < 0.05 * big
+
+
+def test_reset_hwm_config_switch(ip):
+    ip.run_line_magic("config", "MemoryMagics.reset_hwm = False")
+    try:
+        assert not peaks.reset_hwm_allowed()
+    finally:
+        ip.run_line_magic("config", "MemoryMagics.reset_hwm = True")
+    assert peaks.reset_hwm_allowed()
+
+
+# -- other threads ---------------------------------------------------------------------
+
+
+def test_memit_names_a_thread_that_allocated_while_it_ran(ip):
+    ip.run_cell(
+        "import threading, time\n"
+        "go = threading.Event()\n"
+        "def worker():\n"
+        "    go.wait(); global held; held = bytearray(64 * 2**20)\n"
+        "t = threading.Thread(target=worker, name='loader'); t.start()\n"
+    )
+    r = ip.line("memit", "-o -q go.set(); t.join()")
+    assert any("loader" in n and "other thread" in n for n in r.notes), r.notes
+    ip.run_cell("del held")
+
+
+def test_memit_says_nothing_of_threads_that_only_waited(ip):
+    ip.run_cell(
+        "import threading\nstop = threading.Event()\nt = threading.Thread(target=stop.wait, name='idle'); t.start()\n"
+    )
+    try:
+        r = ip.line("memit", "-o -q x = bytearray(2**20)")
+        assert not any("other thread" in n for n in r.notes), r.notes
+    finally:
+        ip.run_cell("stop.set(); t.join()")
