@@ -125,3 +125,27 @@ def ip():
 
 
 MiB = 1024 * 1024
+
+
+def malloc_trim() -> None:
+    """Give the C allocator's free memory back to the OS (glibc), so a test's allocation raises RSS.
+
+    glibc keeps up to twice its (dynamic) mmap threshold free at the top of its heap, and serves a
+    later request from there whatever its size: after earlier tests, a 48 MiB array can then come
+    from memory that is already resident and raise RSS by nothing.  That is true RSS; tests that
+    check an allocation of known size start from a trimmed heap instead.
+    """
+    import ctypes
+    import ctypes.util
+
+    name = ctypes.util.find_library("c")
+    if not name:
+        return
+    libc = ctypes.CDLL(name)
+    if hasattr(libc, "malloc_trim"):
+        libc.malloc_trim(0)
+
+
+@pytest.fixture
+def trimmed():
+    malloc_trim()

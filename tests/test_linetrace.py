@@ -91,23 +91,22 @@ def outer(m, n):
 
 @pytest.mark.parametrize("tracer", TRACERS)
 @pytest.mark.parametrize("gate", [0, 3600])
-def test_recursion_sums_per_call(tracer, gate):
+def test_recursion_is_counted_once(tracer, gate):
     m = FakeMeter()
     r, _ = profile_lines(lambda: outer(m, 4), [outer], meter=m, min_interval=gate, tracer=tracer)
     f = r.functions[0]
-    assert f.calls == 5
-    # per call: +1 at line 1, +2 or -1 at line 4; the recursive call line carries the callee's net.
+    assert f.calls == 1 and f.activations == 5  # the nested calls are part of the outermost one
+    # per activation: +1 at line 1, +2 or -1 at line 4; the function's net is the outermost call's.
     nets = {}
     for n in range(5):
         nets[n] = 1 + (-1 if n % 2 else 2) + (nets[n - 1] if n else 0)
-    if gate == 0:
-        assert f.increment == sum(nets.values())
-    else:  # nested calls started and ended without a reading: their books are flat, the outermost call's exact
-        assert f.increment == nets[4]
+    assert f.increment == nets[4] == r.total_increment
     lines = by_line(r, outer)
     assert lines[3].occurrences == 4  # the recursive call line, entered once per non-leaf call
     if gate == 0:
-        assert lines[1].increment == 5 and lines[3].increment == sum(nets[n] for n in range(4))
+        # The recursive call line does not carry its callees' net again: that is on their own lines.
+        assert lines[1].increment == 5 and lines[3].increment == 0
+        assert lines[4].increment == nets[4] - 5
 
 
 def gen(m, n):
@@ -284,5 +283,5 @@ def test_on_call_marks_the_outermost_entry_and_exit_of_profiled_code():
 
     marks = []
     result, error = profile_lines(outer, [fact], on_call=lambda name, kind: marks.append((name, kind)))
-    assert error is None and result.function("fact").calls == 8
+    assert error is None and result.function("fact").calls == 2 and result.function("fact").activations == 8
     assert marks == [("fact", "start"), ("fact", "end"), ("fact", "start"), ("fact", "end")]  # recursion: once

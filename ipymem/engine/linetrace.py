@@ -212,6 +212,8 @@ class _HeapMeter:
     """
 
     method = "Python heap from tracemalloc (current and peak)"
+    #: read at every line boundary where the heap moved (see :func:`_heap_quiet`), not on a time gate
+    per_line = True
 
     def __init__(self) -> None:
         self._ledger = peaks.heap_peaks
@@ -271,6 +273,8 @@ class _Stats:
     """
 
     __slots__ = (
+        "activations",
+        "active",
         "after",
         "calls",
         "code",
@@ -294,22 +298,33 @@ class _Stats:
         self.snap = [0] * (self.last + 1)
         #: physical line -> first line of its statement (None when every statement is on one line)
         self.lmap = _statement_map(code, self.last)
-        self.inc: dict[int, int] = {}
-        self.peak: dict[int, int] = {}
-        self.after: dict[int, int] = {}
-        self.calls = 0
+        # Per-line books as lists made up front: a dict growing while the heap backend reads would put
+        # ipymem's own allocations on the user's lines.
+        n = self.last + 1
+        self.inc: list[int] = [0] * n
+        self.peak: list[int] = [-1] * n
+        self.after: list[int | None] = [None] * n
+        self.calls = 0  # outermost calls: a call made while this code already runs is part of that call
+        self.activations = 0  # every call, recursive ones included
+        self.active: list[_Act] = []  # live activations of this code on the books' stack, innermost last
         self.top_peak: int | None = None  # highest (peak - entry) over activations
 
 
 class _Act:
     """One activation (call) of a profiled code object; generators keep theirs while suspended."""
 
-    __slots__ = ("apeak", "code", "entry", "line", "lpeak", "start", "stats")
+    __slots__ = ("apeak", "code", "credit", "entry", "line", "lpeak", "outer", "since", "start", "stats")
 
     def __init__(self, stats: _Stats, value: int) -> None:
         self.stats = stats
         self.code = stats.code
         self.line: int | None = None  # current line while not on top (on top: _Books.cur)
+        #: the enclosing live activation of the same code (recursion), or None
+        self.outer: _Act | None = None
+        #: memory already booked to this code's lines by nested activations of it during the current line:
+        #: the line's increment leaves it out, so recursion is counted once
+        self.credit = 0
+        self.since = value  # book value when this activation last came on the stack (call or resume)
         self.start = value  # book value at the start of the current line
         self.lpeak = value  # highest value known while the current line runs
         self.apeak = value  # highest value known during this activation
@@ -346,6 +361,12 @@ class _Books:
         self.top: _Act | None = None
         self.suspended: dict[int, _Act] = {}
         self.foreign = 0  # events from other threads, ignored
+        #: The heap backend's gate (see :func:`_heap_quiet`), or None: the time gate.
+        self.quiet: Callable[[], int] | None = _heap_quiet(self) if getattr(meter, "per_line", False) else None
+        #: memory at each return to unprofiled code minus at the entry from it, summed: the net change of
+        #: all profiled code together, in which no nested function is counted twice
+        self.net = 0
+        self.outside_entry = self.value
         self.code: CodeType | None = None
         self.count: list[int] = []
         # Multi-line statements: events of their continuation lines are folded onto the first line.
@@ -382,8 +403,8 @@ class _Books:
         """Set the deadline: the fast path is allowed while the top's current line has nothing booked."""
         a = self.top
         value = self.value
-        if a is None or (a.start == value and a.lpeak == value):
-            self.deadline = self.time + self.gate
+        if a is None or (a.start == value and a.lpeak == value and not a.credit):
+            self.deadline = 1 if self.quiet is not None else self.time + self.gate
         else:
             self.deadline = 0
 
@@ -393,10 +414,11 @@ class _Books:
         if line is None:
             return
         st = a.stats
-        st.inc[line] = st.inc.get(line, 0) + end - a.start
+        st.inc[line] += end - a.start - a.credit
+        a.credit = 0
         high = lpeak if lpeak > end else end
         above = high - a.start
-        if above > st.peak.get(line, -1):
+        if above > st.peak[line]:
             st.peak[line] = above
         st.after[line] = end
         if high > a.apeak:
@@ -420,10 +442,18 @@ class _Books:
         if cur is not None:
             value = self.value
             self.close(a, cur, value, a.lpeak)
+            if self.quiet is not None:
+                value = self.rebase()
             a.start = a.lpeak = value
         self.count[line] += 1
         self.cur = line
         self._arm()
+
+    def rebase(self) -> int:
+        """Heap backend: take the heap as it is after booking, so ipymem's own objects (the ints and
+        entries of the books, a few dozen bytes a line) are nobody's increment."""
+        value = self.value = tracemalloc.get_traced_memory()[0]
+        return value
 
     def _enter(self, a: _Act) -> None:
         if not self.stack or self._due():  # always read when entering profiled code from outside
@@ -434,6 +464,12 @@ class _Books:
         top = self.top
         if top is not None:
             top.line = self.cur
+        active = a.stats.active
+        a.outer = active[-1] if active else None
+        active.append(a)
+        if not self.stack:
+            self.outside_entry = self.value
+        a.since = self.value
         self.stack.append(a)
         self.top = a
         self.code = a.code
@@ -445,8 +481,11 @@ class _Books:
         if self.on_call is not None and not self.stack:
             self.on_call(stats.code.co_name, "start")
         a = _Act(stats, self.value)
-        stats.calls += 1
+        stats.activations += 1
+        if not stats.active:
+            stats.calls += 1
         self._enter(a)
+        self._rebase_entry(a)
         a.start = a.lpeak = a.apeak = a.entry = self.value
         self._arm()
 
@@ -454,8 +493,22 @@ class _Books:
         if a is None:  # suspended before profiling began
             a = _Act(stats, self.value)
         self._enter(a)
+        self._rebase_entry(a)
         a.start = a.lpeak = self.value
         self._arm()
+
+    def _rebase_entry(self, a: _Act) -> None:
+        """Heap backend: the activation starts after ipymem's own objects for it (the books' entries)."""
+        if self.quiet is None:
+            return
+        before = self.value
+        value = self.rebase()
+        a.since = value
+        if len(self.stack) == 1:
+            self.outside_entry = value
+        else:
+            caller = self.stack[-2]  # what the caller's line saw before the call is its own; the rest is ours
+            caller.credit += value - before
 
     def leave(self) -> _Act | None:
         """Return, unwind or yield of the top activation: close its line, merge its peak into the caller."""
@@ -476,8 +529,20 @@ class _Books:
         st = a.stats
         if st.top_peak is None or high - a.entry > st.top_peak:
             st.top_peak = high - a.entry
+        active = st.active
+        if active and active[-1] is a:
+            active.pop()
+        elif a in active:
+            active.remove(a)
+        outer, a.outer = a.outer, None
+        if outer is not None:  # recursion: what this activation booked is not the enclosing line's too
+            outer.credit += value - a.since
         self.stack.pop()
+        if not self.stack:
+            self.net += value - self.outside_entry
         top = self.top = self.stack[-1] if self.stack else None
+        if top is not None and self.quiet is not None:  # heap backend: leaving costs ipymem a few objects
+            top.credit += self.rebase() - value
         if top is not None:
             if high > top.lpeak:
                 top.lpeak = high
@@ -494,6 +559,40 @@ class _Books:
         while self.stack:
             self.leave()
         self.read()
+
+
+#: The heap backend's slack, in bytes: a net change up to HEAP_NET_SLACK and a transient up to
+#: HEAP_TRANSIENT_SLACK above the last reading may be booked on a later line of the same stretch.
+#: Pure-Python code moves the traced heap by an int or two (32-64 bytes) at nearly every line, and
+#: ipymem's own reading leaves a ~250-byte transient: without slack every line event would read.
+HEAP_NET_SLACK = 64
+HEAP_TRANSIENT_SLACK = 512
+
+
+def _heap_quiet(books: _Books) -> Callable[[], int]:
+    """The heap backend's gate: a line event may skip its reading only if the heap has not moved.
+
+    A time gate is sound for RSS (pages fault in at a bounded rate) but not for
+    the Python heap, where 760 MiB can appear in a microsecond.  So the heap
+    backend looks at tracemalloc (~0.3 µs) at every line boundary and reads,
+    booking the stretch, whenever the traced heap changed since the last
+    reading by more than a few dozen bytes: the net change lands on the line
+    that made it, to within :data:`HEAP_NET_SLACK` bytes, and a transient
+    (allocated and freed again) above :data:`HEAP_TRANSIENT_SLACK` bytes on the
+    line that made it too.  The tracers
+    use the returned function in place of the clock: ``quiet() < deadline``
+    (the deadline is 1 while the current line has nothing booked).
+    """
+    gtm = tracemalloc.get_traced_memory
+    net, transient = HEAP_NET_SLACK, HEAP_TRANSIENT_SLACK
+    busy = 1 << 62
+
+    def quiet() -> int:
+        current, peak = gtm()
+        value = books.value
+        return 0 if -net <= current - value <= net and peak - value <= transient else busy
+
+    return quiet
 
 
 # -- the tracers -------------------------------------------------------------------
@@ -588,7 +687,7 @@ class _SettraceTracer:
         stats = b.stats
         self.old = old = sys.gettrace()
         tracer = self
-        ns = time.perf_counter_ns
+        ns = b.quiet or time.perf_counter_ns
         mapped = b.mapped
         count, cur, deadline, lmap = b.count, b.cur, b.deadline, b.lmap
 
@@ -698,7 +797,7 @@ class _MonitoringTracer:
         tid = threading.get_ident()
         get_ident = threading.get_ident
         getframe = sys._getframe
-        ns = time.perf_counter_ns
+        ns = b.quiet or time.perf_counter_ns
 
         def on_line(code: CodeType, line: int) -> None:
             if ns() < b.deadline and code is b.code:
@@ -899,7 +998,8 @@ def profile_lines(
         if own_meter:
             meter = make_meter(backend, include_children, probe)
         if min_interval is None:
-            min_interval = max(DEFAULT_MIN_INTERVAL, 20 * _read_cost(meter))
+            per_line = getattr(meter, "per_line", False)
+            min_interval = 0.0 if per_line else max(DEFAULT_MIN_INTERVAL, 20 * _read_cost(meter))
         if min_interval < 0:
             raise ValueError(f"min_interval must be 0 or more, got {min_interval}")
         stats = {code: _Stats(code) for code in codes}
@@ -957,6 +1057,7 @@ def profile_lines(
         statement=statement,
         duration=duration,
         readings=books.readings,
+        net=books.net,
         outcome=outcome,
         error=error_text,
         notes=tuple(notes),
@@ -989,7 +1090,7 @@ def _function_profile(st: _Stats, label: Callable[[str], str] | None, name: str)
         text = source[lineno - 1].rstrip("\r\n") if 0 < lineno <= len(source) else ""
         n = count[lineno] if lineno < len(count) else 0
         if n:
-            after, inc, peak = st.after.get(lineno), st.inc.get(lineno, 0), st.peak.get(lineno, 0)
+            after, inc, peak = st.after[lineno], st.inc[lineno], max(st.peak[lineno], 0)
             lines.append(LineStats(lineno, text, n, after, inc, peak))
         else:
             lines.append(LineStats(lineno, text))
@@ -1003,6 +1104,7 @@ def _function_profile(st: _Stats, label: Callable[[str], str] | None, name: str)
         firstlineno=code.co_firstlineno,
         lines=tuple(lines),
         calls=st.calls,
+        activations=st.activations,
         label=shown,
         peak=st.top_peak,
     )

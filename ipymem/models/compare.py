@@ -163,7 +163,7 @@ def _mprun(results: Any) -> tuple[list[Metric], Any]:
     ]
 
     def extract(r: MprunResult) -> list[int | float | None]:
-        return [r.peak, sum(f.increment for f in r.functions), r.duration]
+        return [r.peak, r.total_increment, r.duration]
 
     return metrics, extract
 

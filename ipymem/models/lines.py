@@ -55,7 +55,9 @@ class FunctionProfile:
     ``filename`` is the code object's file; ``label`` is what the reader
     recognises (``Cell In[5]`` for a notebook cell, else the file name).
     ``peak`` is the highest memory reached during any call, above the memory
-    at that call's entry.
+    at that call's entry.  ``calls`` counts outermost calls: a call made while
+    the function is already running (recursion) is part of the running call,
+    so its memory is counted once; ``activations`` counts every call.
     """
 
     name: str
@@ -65,6 +67,12 @@ class FunctionProfile:
     calls: int = 0
     label: str = ""
     peak: int | None = None
+    activations: int = 0
+
+    @property
+    def recursive(self) -> bool:
+        """Whether the function was called while already running (its nested calls are in its outer ones)."""
+        return self.activations > self.calls
 
     @property
     def increment(self) -> int:
@@ -119,6 +127,16 @@ class MprunResult(Comparable):
     timeline: tuple[Sample, ...] = ()
     #: ``(seconds, function name, "start" | "end")`` of each profiled call seen from outside.
     calls: tuple[tuple[float, str, str], ...] = ()
+    #: Memory at each return to unprofiled code minus at the entry from it, summed: the net change of all
+    #: profiled functions together, with a function called by another counted once (``None``: not known).
+    net: int | None = None
+
+    @property
+    def total_increment(self) -> int:
+        """The net change of all profiled code together; never a nested function's net added to its caller's."""
+        if self.net is not None:
+            return self.net
+        return sum(f.increment for f in self.functions)
 
     @property
     def ok(self) -> bool:
@@ -143,6 +161,7 @@ class MprunResult(Comparable):
         for f, raw in zip(self.functions, data["functions"], strict=True):
             raw["increment"] = f.increment
         data["peak"] = self.peak
+        data["total_increment"] = self.total_increment
         data["params"]["metric"] = self.params.metric
         return data
 

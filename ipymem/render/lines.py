@@ -33,6 +33,8 @@ def function_summary(f: FunctionProfile, result: MprunResult, precision: int = 2
     calls = f"{f.calls} call" + ("" if f.calls == 1 else "s")
     if f.calls == 0:
         return f"{f.name}: never called"
+    if f.recursive:
+        calls += f" ({f.activations} with recursion, counted once)"
     parts = [f"{f.name}: {calls}", f"net {fmt_bytes(f.increment, precision, sign=True)}"]
     if f.peak is not None:
         parts.append(f"peak {fmt_bytes(f.peak, precision)} above entry")
