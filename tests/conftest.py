@@ -9,6 +9,7 @@ a ``sys.monitoring`` tool id is still held, or tracemalloc's state differs.
 
 from __future__ import annotations
 
+import gc
 import os
 import signal
 import sys
@@ -45,6 +46,7 @@ def _state() -> dict:
 
 @pytest.fixture(autouse=True)
 def no_leaks():
+    malloc_trim()  # every test starts from a trimmed C heap: see malloc_trim
     before = _state()
     yield
     deadline = time.monotonic() + 2.0
@@ -116,6 +118,8 @@ def ip():
     shell = InteractiveShell.instance(config=config)
     shell.display_pub = CapturingDisplayPublisher()
     shell.run_line_magic("load_ext", "ipymem")
+    gc.collect()  # the previous test's shell and namespace are garbage now: free them before this test measures
+    malloc_trim()
     try:
         yield Shell(shell)
     finally:
@@ -144,8 +148,3 @@ def malloc_trim() -> None:
     libc = ctypes.CDLL(name)
     if hasattr(libc, "malloc_trim"):
         libc.malloc_trim(0)
-
-
-@pytest.fixture
-def trimmed():
-    malloc_trim()

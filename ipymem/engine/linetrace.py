@@ -62,6 +62,7 @@ from ..models import outcome_of
 from ..models.lines import FunctionProfile, LineStats, MprunParams, MprunResult
 from . import peaks
 from .probes import Probe, shared_probe
+from .sampler import ThreadActivity
 
 MONITORING = "sys.monitoring"
 SETTRACE = "sys.settrace"
@@ -680,6 +681,11 @@ class _SettraceTracer:
         self.books = books
         self.active = False
         self.old: Any = None
+        self.global_: Any = None
+        #: what the profiled code did to the tracer, for the report (None: nothing)
+        self.changed: str | None = None
+        self.changed_at: str | None = None  # where a replaced trace function was first noticed
+        self.seen: int | None = None  # the last line seen with ipymem's trace function in place
         self._push: Callable[[], None] = lambda: None
 
     def __enter__(self) -> _SettraceTracer:
@@ -713,6 +719,8 @@ class _SettraceTracer:
                     cur = line
                     return local
                 b.cur = cur
+                if tracer.changed_at is None:
+                    tracer.notice(b)
                 b.line_slow(frame.f_code, frame.f_lineno)
                 pull()
                 return local
@@ -720,6 +728,8 @@ class _SettraceTracer:
                 return None
             if event == "return" and frame.f_code is b.code:
                 b.cur = cur
+                if tracer.changed_at is None:
+                    tracer.notice(b)
                 a = b.leave()
                 pull()
                 if a is not None and frame.f_code.co_flags & _GEN_FLAGS and _is_suspension(frame):
@@ -764,13 +774,51 @@ class _SettraceTracer:
             return local if old_local is None else chain(old_local)
 
         self.active = True
+        self.global_ = global_
         sys.settrace(global_)
         return self
 
+    def notice(self, b: _Books) -> None:
+        """Off the fast path: whether the profiled code replaced the trace function since the last look.
+
+        Looking costs a call, so only the slow path looks; where it changed is then known to
+        lie between the last line seen with ipymem's function in place and this one.
+        """
+        if sys.gettrace() is self.global_:
+            self.seen = b.cur
+            return
+        top = b.top
+        if top is None or b.cur is None:
+            self.changed_at = ""
+            return
+        name = getattr(top.code, "co_qualname", top.code.co_name)
+        since = f"after line {self.seen}, " if self.seen is not None and self.seen != b.cur else "after the call, "
+        self.changed_at = f" {since}noticed at line {b.cur} of {name}"
+
     def __exit__(self, *exc: object) -> None:
         self.active = False
-        sys.settrace(self.old)
+        current = sys.gettrace()
         self._push()  # the books close what is still open with the line that was running
+        if current is self.global_ or (current is self.old and current is not None):  # (coverage took it back)
+            sys.settrace(self.old)
+        else:  # the profiled code removed or replaced the trace function: what it installed stays installed
+            self.changed = _stopped_at(self.books, "the profiled code called sys.settrace", self.changed_at)
+
+
+def _where(books: _Books) -> str:
+    """`` at line N of f`` for the line the books are on, or ``""``."""
+    top = books.top
+    if top is None or books.cur is None:
+        return ""
+    return f" at line {books.cur} of {getattr(top.code, 'co_qualname', top.code.co_name)}"
+
+
+def _stopped_at(books: _Books, what: str, where: str | None = None) -> str:
+    """A note saying where line tracing stopped (or stopped following new calls) because of ``what``."""
+    return (
+        f"{what}{_where(books) if where is None else where}: from there on, lines not traced are not counted "
+        "and their memory is booked on the last line seen (what the profiled code installed is left installed)"
+    )
 
 
 def _free_tool_id() -> int | None:
@@ -788,6 +836,9 @@ class _MonitoringTracer:
         self.books = books
         self.tool = tool
         self.registered: list[int] = []
+        self.callbacks: dict[int, Any] = {}
+        #: what the profiled code did to the tracer, for the report (None: nothing)
+        self.changed: str | None = None
 
     def __enter__(self) -> _MonitoringTracer:
         mon = sys.monitoring
@@ -858,6 +909,7 @@ class _MonitoringTracer:
                 ev.PY_UNWIND: on_return,
                 ev.PY_YIELD: on_yield,
             }
+            self.callbacks = callbacks
             for event, callback in callbacks.items():
                 mon.register_callback(tool, event, callback)
                 self.registered.append(event)
@@ -873,15 +925,23 @@ class _MonitoringTracer:
     def __exit__(self, *exc: object) -> None:
         mon = sys.monitoring
         tool = self.tool
+        if mon.get_tool(tool) != "ipymem":  # the profiled code freed our id (and maybe took it): not ours to free
+            self.changed = _stopped_at(self.books, f"the profiled code freed sys.monitoring tool id {tool}")
+            self.registered.clear()
+            return
         try:
             with contextlib.suppress(ValueError):
                 mon.set_events(tool, 0)
             for code in self.books.stats:
                 with contextlib.suppress(ValueError):
                     mon.set_local_events(tool, code, 0)
+            replaced = False
             for event in self.registered:
-                mon.register_callback(tool, event, None)
+                previous = mon.register_callback(tool, event, None)
+                replaced = replaced or previous is not self.callbacks.get(event)
             self.registered.clear()
+            if replaced:
+                self.changed = _stopped_at(self.books, "the profiled code replaced ipymem's sys.monitoring callbacks")
         finally:
             mon.free_tool_id(tool)
 
@@ -1014,6 +1074,7 @@ def profile_lines(
         active: Any = _MonitoringTracer(books, tool) if tool is not None else _SettraceTracer(books)
         t0 = time.perf_counter()
         guard = _SigintGuard()
+        activity = ThreadActivity().start()
         try:
             with _ThreadWatch() as threads, active:
                 try:
@@ -1032,6 +1093,16 @@ def profile_lines(
             meter.close()
         if acquired_heap:
             peaks.heap_tracing.release()
+    if active.changed:
+        notes.append(active.changed)
+    others = activity.stop()
+    if others:
+        memory = "RSS" if backend == "rss" else "the Python heap"
+        notes.append(
+            f"{len(others)} other thread(s) ran Python code while profiled lines executed "
+            f"({', '.join(others[:3])}{', ...' if len(others) > 3 else ''}): {memory} is the whole process's, "
+            "so their memory is in the lines that were running"
+        )
     if threads.started or books.foreign:
         notes.append(
             "only the calling thread is profiled: threads started by the profiled code are not"
