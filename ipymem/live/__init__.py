@@ -8,7 +8,7 @@
 Importing this package imports neither matplotlib nor ipywidgets.
 """
 
-from .chart import Marker, downsample, plot_timeline, render_png
+from ..render.chart import Marker, downsample, plot_timeline, render_png
 from .view import LiveView, NullView, live_view, widgets_supported
 from .watch import MemWatch
 

@@ -47,7 +47,7 @@ class MemWatch:
         if live and (self.frontend is not None or widgets_supported(self.shell)):
             # Import matplotlib and build the figure now, in the %memwatch cell, so no watched cell pays for it.
             try:
-                from .chart import Chart
+                from ..render.chart import Chart
 
                 self.chart = Chart()
                 self.chart.live_png()
