@@ -315,7 +315,7 @@ class MemoryMagics(Magics):
         While on, every cell shows a live memory chart as it runs (in frontends
         that display widgets) and one line afterwards::
 
-          used +12.00 MiB, peak +40.00 MiB above start, 1.52 s
+          RSS: used +12.00 MiB, peak +40.00 MiB above start, 1.52 s
 
         There is no fixed delay per cell.  ``%memwatch`` alone says whether it is on.
         """

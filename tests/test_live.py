@@ -435,7 +435,7 @@ def test_memwatch_on_off(ip):
     ip.clear()
     ip.run_cell("x = bytearray(40 * 2**20)")
     line = ip.texts()[-1]
-    assert line.startswith("used +") and "MiB above start" in line and line.endswith(" s")
+    assert line.startswith("RSS: used +") and "MiB above start" in line and line.endswith(" s")
     used = float(line.split("used ")[1].split(" MiB")[0].replace(",", ""))
     peak = float(line.split("peak ")[1].split(" MiB")[0].replace(",", ""))
     assert 35 <= used <= 45 and peak >= used
