@@ -141,3 +141,20 @@ def test_models_import_nothing_above_render():
                 continue
             for name in names:
                 assert name.split(".")[0] not in forbidden, f"{path.name} imports {name}"
+
+
+def test_a_heap_peak_is_dotted_on_the_heap_series_not_on_rss():
+    rss = [Sample(i * 0.1, 200 * MiB) for i in range(10)]
+    heap = [(i * 0.1, (i if i <= 6 else 1) * MiB) for i in range(10)]
+    chart = Chart()
+    chart.update(rss, heap, peak=Peak(6 * MiB, "exact", 0, what="Python heap"))
+    assert list(chart._exact_dot.get_xdata()) == [pytest.approx(0.6)]
+    assert chart._exact_label.get_text() == "Python heap peak 6.0 MiB (+6.0, exact)"
+
+
+def test_plot_displays_as_png_without_pyplot():
+    run = MemitRun(baseline=100 * MiB, peak=300 * MiB, end=110 * MiB, duration=0.5, samples=3)
+    fig = MemitResult(statement="x", runs=(run,), timeline=(Sample(0.0, 100 * MiB), Sample(0.5, 110 * MiB))).plot()
+    from IPython.core.formatters import PNGFormatter
+
+    assert PNGFormatter()(fig).startswith(b"\x89PNG")  # what a notebook shows for ``result.plot()``

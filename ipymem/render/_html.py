@@ -45,7 +45,8 @@ NUM_STYLE = _BASE + ";text-align:right;font-variant-numeric:tabular-nums;white-s
 CODE_STYLE = CELL_STYLE + f";font-family:{MONO};white-space:pre"
 LABEL_STYLE = CELL_STYLE + ";white-space:nowrap"
 HEAD_STYLE = f"padding:2px 8px;border-bottom:1px solid {BORDER};vertical-align:bottom;white-space:nowrap;color:{FG}"
-CAPTION_STYLE = f"caption-side:top;text-align:left;font-weight:bold;color:{FG};white-space:nowrap;padding:2px 0"
+#: Captions are a block above the table, not a <caption>: a long caption must not widen a narrow table.
+CAPTION_STYLE = f"text-align:left;font-weight:bold;color:{FG};margin:0.4em 0 0.1em 0"
 
 
 def e(text: object) -> str:
@@ -92,10 +93,7 @@ def table(
     """
     numeric = numeric or [False] * len(headers)
     styles = styles or [None] * len(headers)
-    out = [f'<table class="{e(css_class)}" style="{TABLE_STYLE}">']
-    if caption:
-        out.append(f'<caption style="{CAPTION_STYLE}">{caption}</caption>')
-    out.append("<thead><tr>")
+    out = [f'<table class="{e(css_class)}" style="{TABLE_STYLE}">', "<thead><tr>"]
     for h, num in zip(headers, numeric, strict=False):
         out.append(
             h if h.startswith("<th") else f'<th style="{HEAD_STYLE};text-align:{"right" if num else "left"}">{h}</th>'
@@ -107,7 +105,12 @@ def table(
             out.append(f'<td style="{style or (NUM_STYLE if num else LABEL_STYLE)}">{cell}</td>')
         out.append("</tr>")
     out.append("</tbody></table>")
-    return scroll("".join(out))
+    return caption_block(caption) + scroll("".join(out))
+
+
+def caption_block(caption: str | None) -> str:
+    """The line above a table that says what it is (already-escaped HTML)."""
+    return f'<div style="{CAPTION_STYLE}">{caption}</div>' if caption else ""
 
 
 def code(text: str, limit: int = 200) -> str:

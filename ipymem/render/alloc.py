@@ -126,6 +126,8 @@ def alloc_text(result: AllocResult, precision: int = 2) -> str:
     return "\n".join(lines)
 
 
+#: A sentence in the (monospace, unwrapped) source column: prose that wraps instead of widening it.
+_PROSE = '<span style="white-space:normal;font-family:inherit">{}</span>'
 _PEAK_BAR = "#4c78a8"
 _RETAINED_BAR = "#f58518"
 
@@ -163,7 +165,7 @@ def alloc_html(result: AllocResult, precision: int = 2) -> str:
     swatch = '<span style="display:inline-block;width:0.8em;height:0.55em;background:{}"></span>'
     headers.append(
         f'<th style="text-align:left;font-weight:normal;white-space:nowrap;color:{FG2};padding:2px 8px">'
-        f"{swatch.format(_PEAK_BAR)} held at peak<br>{swatch.format(_RETAINED_BAR)} retained</th>"
+        f"{swatch.format(_PEAK_BAR)} at peak<br>{swatch.format(_RETAINED_BAR)} retained</th>"
     )
     numeric.append(False)
     scale = max([max(x.peak_size, x.retained_size) for x in result.entries] or [0])
@@ -185,7 +187,7 @@ def alloc_html(result: AllocResult, precision: int = 2) -> str:
             cell = n(growth, sign=True) if growth is not None else ""
             row.append(f"<b>{cell}</b> ⚠" if entry.grows else cell)
         bars = _bar(entry.peak_size, scale, _PEAK_BAR) + _bar(entry.retained_size, scale, _RETAINED_BAR)
-        row.append(f'<div style="width:12em">{bars}</div>')
+        row.append(f'<div style="width:6em">{bars}</div>')
         rows.append(row)
     blank = [""] * (len(headers) - 6)
     if result.rest_peak_size or result.rest_retained_size:
@@ -196,7 +198,13 @@ def alloc_html(result: AllocResult, precision: int = 2) -> str:
         rows.append(
             [
                 e(_outside(result)),
-                e("ipymem's own bookkeeping" if p.all_frames else "libraries, interpreter, ipymem: no frame of yours"),
+                _PROSE.format(
+                    e(
+                        "ipymem's own bookkeeping"
+                        if p.all_frames
+                        else "libraries, interpreter, ipymem: no frame of yours"
+                    )
+                ),
                 n(result.outside_peak_size),
                 "",
                 n(result.outside_retained_size),
@@ -206,9 +214,11 @@ def alloc_html(result: AllocResult, precision: int = 2) -> str:
         )
     total = [
         "<b>Total</b>",
-        e(
-            f"Python heap peak {fmt_bytes(result.peak_increment, precision, sign=True)} above its start "
-            f"(exact); process RSS {fmt_bytes(result.rss_increment, precision, sign=True)} (after − before)"
+        _PROSE.format(
+            e(
+                f"Python heap peak {fmt_bytes(result.peak_increment, precision, sign=True)} above its start "
+                f"(exact); process RSS {fmt_bytes(result.rss_increment, precision, sign=True)} (after − before)"
+            )
         ),
         f"<b>{n(result.peak_increment)}</b>",
         "",

@@ -188,7 +188,7 @@ class Chart:
         self._draw_markers(markers)
         self._title.set_text(title)
         self._ylabel.set_text(f"{metric} (MiB)" if heap is None else f"{metric}, heap (MiB)")
-        self._draw_peak(peak, samples)
+        self._draw_peak(peak, (heap or ()) if peak is not None and peak.what == "Python heap" else samples)
         # Limits computed here, not by autoscaling (set_*lim would switch autoscaling off for good).
         right = max([xs[-1] if xs else 0.0, end or 0.0, *(m.t for m in markers)], default=0.0)
         values = ys + [p[1] / MiB for p in hpts] + ([peak.value / MiB] if peak is not None else [])
@@ -220,6 +220,7 @@ class Chart:
         self._limits_set = True
 
     def _draw_peak(self, peak: Peak | None, samples: Sequence[tuple[float, int]]) -> None:
+        """The result's peak as a labelled line; a dot where ``samples`` (its own metric's) reached it."""
         self.stated_peak = peak
         for artist in (self._exact, self._exact_dot, self._exact_label):
             artist.set_visible(peak is not None)
@@ -314,6 +315,10 @@ def plot_timeline(
     """
     chart = Chart(size, dpi)
     chart.update(samples, heap, markers, title, peak=peak, end=end, metric=metric)
+    # Without pyplot, IPython has no formatter for a Figure (it would show "<Figure size ...>"):
+    # the instance renders itself as the same PNG as the live view's final image.  When the
+    # user's inline backend is active its own formatter, registered for the type, takes precedence.
+    chart.figure._repr_png_ = chart.png
     return chart.figure
 
 

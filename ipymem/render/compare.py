@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from ..models.compare import BYTES, Comparison, Metric
 from ..units import fmt_bytes, fmt_seconds
-from ._html import CAPTION_STYLE, LABEL_STYLE, NEUTRAL, NUM_STYLE, TABLE_STYLE, bar_style, e, head, scroll, split_head
+from ._html import LABEL_STYLE, NEUTRAL, NUM_STYLE, TABLE_STYLE, bar_style, caption_block, e, head, scroll, split_head
 
 RATIO = "vs first"
 
@@ -71,7 +71,6 @@ def compare_html(comparison: Comparison, precision: int = 2) -> str:
     caption = f"{e(comparison.kind)} comparison · {e(RATIO)} = {e(comparison.metrics[0].name)} / the first result's"
     table = (
         f'<table class="ipymem" style="{TABLE_STYLE}">'
-        f'<caption style="{CAPTION_STYLE}">{caption}</caption>'
         f"<thead><tr>{''.join(heads)}</tr></thead><tbody>{''.join(body)}</tbody></table>"
     )
-    return f'<div class="ipymem-compare">{scroll(table)}</div>'
+    return f'<div class="ipymem-compare">{caption_block(caption)}{scroll(table)}</div>'

@@ -5,15 +5,14 @@ from __future__ import annotations
 from ..models.lines import FunctionProfile, LineStats, MprunResult
 from ..units import fmt_bytes, fmt_seconds
 from ._html import (
-    CAPTION_STYLE,
     CODE_STYLE,
-    FG2,
     GAIN,
     NUM_STYLE,
     PEAK,
     RELEASE,
     TABLE_STYLE,
     bar_style,
+    caption_block,
     code,
     e,
     head,
@@ -138,7 +137,7 @@ def mprun_html(result: MprunResult, precision: int = 2) -> str:
             inc_color = GAIN if (line.increment or 0) > 0 else RELEASE
             rows.append(
                 "<tr>"
-                f'<td style="{NUM_STYLE};color:{FG2}">{line.lineno}</td>'
+                f'<td style="{NUM_STYLE}">{line.lineno}</td>'
                 f'<td style="{num}">{mem}</td>'
                 f'<td style="{bar_style(line.increment, scale, inc_color, num, precision)}">{inc}</td>'
                 f'<td style="{bar_style(line.peak, scale, PEAK, num, precision)}">{peak}</td>'
@@ -146,10 +145,10 @@ def mprun_html(result: MprunResult, precision: int = 2) -> str:
                 f'<td style="{CODE_STYLE}{bold}">{e(line.source)}</td>'
                 "</tr>"
             )
+        parts.append(caption_block(caption))
         parts.append(
             scroll(
                 f'<table class="ipymem" style="{TABLE_STYLE}">'
-                f'<caption style="{CAPTION_STYLE}">{caption}</caption>'
                 f"<thead><tr>{''.join(heads)}</tr></thead><tbody>{''.join(rows)}</tbody></table>"
             )
         )
