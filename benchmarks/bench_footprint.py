@@ -74,9 +74,9 @@ def kernel_steps(steps: list[str]) -> list[int]:
         modules = kc.execute_interactive(
             "import sys; print(sorted(m for m in ('matplotlib', 'ipywidgets', 'PIL') if m in sys.modules))",
             timeout=60,
-            output_hook=lambda msg: print("    kernel has:", msg["content"]["text"].strip())
-            if msg["msg_type"] == "stream"
-            else None,
+            output_hook=lambda msg: (
+                print("    kernel has:", msg["content"]["text"].strip()) if msg["msg_type"] == "stream" else None
+            ),
         )
         assert modules["content"]["status"] == "ok"
         return out

@@ -285,6 +285,8 @@ def test_every_report_reads_in_light_and_dark(servers, chromium, frontend):
                 if name == "cell-memit":
                     assert "cell of 3 lines" in found["text"] and "setup" in found["text"], found["text"]
     finally:
+        with contextlib.suppress(Exception):
+            _set_theme(page, "light")  # the theme is a saved setting: leave the server as the next test expects
         page.close()
     if os.environ.get("IPYMEM_UPDATE_DOCS_SCREENSHOT") and frontend == "lab":
         for theme in ("light", "dark"):
@@ -375,10 +377,16 @@ def _server(frontend: str):
             if server.poll() is not None or time.monotonic() > deadline:
                 raise RuntimeError(f"jupyter {frontend} did not start:\n" + (w / "server.log").read_text()[-3000:])
             time.sleep(0.2)
-        path = "lab/tree" if frontend == "lab" else "notebooks"
+        base = f"http://127.0.0.1:{port}"
+        # In Lab, each notebook in a workspace of its own, so one test's open tabs are not the next one's.
+        url = (
+            (lambda name: f"{base}/lab/workspaces/{name}/tree/{name}.ipynb?token={token}")
+            if frontend == "lab"
+            else (lambda name: f"{base}/notebooks/{name}.ipynb?token={token}")
+        )
         yield {
-            "url": f"http://127.0.0.1:{port}/{path}/live.ipynb?token={token}",
-            "reports": f"http://127.0.0.1:{port}/{path}/reports.ipynb?token={token}",
+            "url": url("live"),
+            "reports": url("reports"),
             "dir": w,
             "server": server,
             "frontend": frontend,

@@ -127,7 +127,7 @@ def alloc_text(result: AllocResult, precision: int = 2) -> str:
 
 
 #: A sentence in the (monospace, unwrapped) source column: prose that wraps instead of widening it.
-_PROSE = '<span style="white-space:normal;font-family:inherit">{}</span>'
+_PROSE = '<span style="white-space:normal;font-family:var(--jp-content-font-family, sans-serif)">{}</span>'
 _PEAK_BAR = "#4c78a8"
 _RETAINED_BAR = "#f58518"
 
