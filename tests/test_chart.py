@@ -158,3 +158,27 @@ def test_plot_displays_as_png_without_pyplot():
     from IPython.core.formatters import PNGFormatter
 
     assert PNGFormatter()(fig).startswith(b"\x89PNG")  # what a notebook shows for ``result.plot()``
+
+
+def test_the_static_chart_left_in_the_notebook_looks_like_the_last_live_frame():
+    import base64
+
+    from PIL import Image
+
+    from .test_live import make_view, wait_for
+
+    fe = FakeFrontend()
+    with make_view(fe, refresh=0.01) as view:
+        assert wait_for(lambda: fe.updates, timeout=30), "no live frame in 30 s"
+        view.conclude("%test · done", Peak(view.sampler.read(), "exact"))
+    live = Image.open(io.BytesIO(fe.updates[-1][0])).convert("RGBA")
+    final = Image.open(io.BytesIO(base64.b64decode(fe.finished[0]["image/png"]))).convert("RGBA")
+    assert live.size == final.size  # same place, same size
+    for image in (live, final):  # same theme-neutral look: transparent, the same text colour
+        assert image.getpixel((1, 1))[3] == 0
+    grey = tuple(int(FOREGROUND[i : i + 2], 16) for i in (1, 3, 5))
+    for image in (live, final):
+        colours = {c for _, c in image.getcolors(maxcolors=1 << 20)}
+        assert (*grey, 255) in colours, "no axis text in the theme grey"
+    assert "%test · done" in fe.finished[0]["text/plain"]
+    assert live_threads() == []

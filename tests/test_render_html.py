@@ -153,3 +153,15 @@ def test_compare_labels_are_left_aligned_and_headers_short():
     heads = [c for c in cells if c["tag"] == "th"]
     assert all(h["html"].count("<br>") <= 1 for h in heads)
     assert any(h["html"] == "Increment<br>RSS" and h["title"] for h in heads)  # detail in the tooltip
+
+
+def test_children_sampling_is_said_once():
+    from ipymem.models.memit import MemitParams
+    from ipymem.render import memit_text
+
+    result = memit_result(
+        params=MemitParams(include_children=True),
+        notes=("child processes are sampled: their share of the peak is a lower bound",),
+    )
+    for out in (memit_html(result), memit_text(result)):
+        assert out.count("sampled") == 1, out

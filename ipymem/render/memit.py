@@ -36,7 +36,7 @@ def memit_text(result: MemitResult, precision: int = 2) -> str:
     if heap is not None:
         lines.append(f"  Python heap (tracemalloc) peak: {b(heap, sign=True)} above its start")
     lines.extend(status_lines(result))
-    lines.extend(f"  note: {n}" for n in result.notes)
+    lines.extend(f"  note: {n}" for n in notes(result))
     return "\n".join(lines)
 
 
@@ -49,6 +49,12 @@ def peak_source(result: MemitResult) -> str:
     if result.exact:
         return f"RSS, exact peak from the {result.peak_method}"
     return f"RSS, peak {result.peak_method}"
+
+
+def notes(result: MemitResult) -> list[str]:
+    """The result's notes, less what :func:`peak_source` already says (each thing once)."""
+    said = "child processes are sampled" if result.params.include_children else None
+    return [n for n in result.notes if not (said and n.startswith(said))]
 
 
 def status_lines(result: MemitResult) -> list[str]:
@@ -126,7 +132,7 @@ def memit_html(result: MemitResult, precision: int = 2) -> str:
         parts.append(notice(f"%memit: nothing was measured ({result.outcome})"))
     for line in status_lines(result):
         parts.append(notice(line.strip()))
-    for n in result.notes:
+    for n in notes(result):
         parts.append(footer("note: " + n))
     parts.append("</div>")
     return "".join(parts)
