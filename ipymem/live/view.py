@@ -169,7 +169,7 @@ class LiveView:
     tracemalloc is already tracing).  ``first_frame``: draw one frame before
     showing the widget (imports matplotlib before the caller's baseline);
     ``%memwatch`` turns it off so short cells pay nothing for drawing, and
-    passes ``chart``, one :class:`~ipymem.live.chart.Chart` built when the
+    passes ``chart``, one :class:`~ipymem.render.chart.Chart` built when the
     watch starts and reused cell after cell, so no cell is charged for
     importing matplotlib or allocating a figure.
     """
