@@ -23,6 +23,7 @@ from .engine.linetrace import code_of, profile_lines
 from .live import MemWatch, live_view
 from .models import AllocResult, MemitResult, MprunResult
 from .render import alloc_html, alloc_text, memit_html, memit_text, mprun_html, mprun_text
+from .render.chart import alloc_peak, alloc_title, memit_peak, memit_title
 from .shell import (
     Opt,
     call_engine,
@@ -205,6 +206,7 @@ class MemoryMagics(Magics):
             result, error = call_engine(measure, run)
             if not result.ok:
                 view.note(result.outcome)
+            view.conclude(memit_title(result), memit_peak(result))  # the final chart states the table's peak
         return self._finish(result, error, args, memit_text, memit_html)
 
     @no_var_expand
@@ -225,10 +227,11 @@ class MemoryMagics(Magics):
             setup=setup,
         )
         sampler = engine.Sampler(engine.shared_probe(), interval=TIMELINE_INTERVAL)  # the chart and plot()
-        with self._live("%memtrace", args, sampler=sampler) as view, _sampling(sampler) as sampling:
+        with self._live("%memtrace", args, sampler=sampler, heap=True) as view, _sampling(sampler) as sampling:
             result, error = call_engine(measure, run)
             if not result.ok:
                 view.note(result.outcome)
+            view.conclude(alloc_title(result), alloc_peak(result))
         if sampling.received and error is None:
             error = KeyboardInterrupt()
         result = dataclasses.replace(result, timeline=sampler.timeline.samples())
@@ -256,7 +259,8 @@ class MemoryMagics(Magics):
             targets = [run.code]
         sampler = engine.Sampler(engine.shared_probe(), interval=TIMELINE_INTERVAL)  # the chart and plot()
         calls: list[tuple[float, str, str]] = []
-        with self._live("%mprun", args, sampler=sampler) as view, _sampling(sampler) as sampling:
+        heap = args.backend == "heap"  # the chart shows the metric the table is in
+        with self._live("%mprun", args, sampler=sampler, heap=heap) as view, _sampling(sampler) as sampling:
 
             def on_call(name: str, kind: str) -> None:  # each profiled call's start and end, on the chart
                 calls.append((sampler.elapsed(), name, kind))
@@ -316,8 +320,8 @@ class MemoryMagics(Magics):
         ``--no-live``, ``-q`` and ``--heap`` when the magic has them.
         """
         enabled = self.live and not getattr(args, "no_live", False) and not getattr(args, "q", False)
-        heap = bool(getattr(args, "heap", False))
-        return live_view(self.shell, title=title, enabled=enabled, heap=heap, refresh=self.live_refresh, **kwargs)
+        kwargs.setdefault("heap", bool(getattr(args, "heap", False)))
+        return live_view(self.shell, title=title, enabled=enabled, refresh=self.live_refresh, **kwargs)
 
     @line_magic
     def memwatch(self, line: str = "") -> None:
@@ -326,7 +330,7 @@ class MemoryMagics(Magics):
         While on, every cell shows a live memory chart as it runs (in frontends
         that display widgets) and one line afterwards::
 
-          used +12.00 MiB, peak +40.00 MiB above start, 1.52 s
+          RSS: used +12.00 MiB, peak +40.00 MiB above start, 1.52 s
 
         There is no fixed delay per cell.  ``%memwatch`` alone says whether it is on.
         """

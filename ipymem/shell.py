@@ -13,7 +13,6 @@
 from __future__ import annotations
 
 import ast
-import asyncio
 import dataclasses
 import getopt
 import sys
@@ -224,6 +223,8 @@ def compile_user_code(shell: Any, source: str) -> tuple[Callable[[], None], str]
             raise
         flags = shell.compile.flags | ast.PyCF_ALLOW_TOP_LEVEL_AWAIT
         code = compile(tree, filename, "exec", flags=flags, dont_inherit=True)
+        import asyncio  # here, not at load: asyncio pulls in ssl (~4 MiB of RSS) in terminal IPython
+
         try:
             asyncio.get_running_loop()
             busy = True

@@ -157,7 +157,7 @@ def test_timeline_stays_bounded_over_hours_with_a_fake_clock():
     samples = sampler.timeline.samples()
     assert len(samples) <= 512 + 2
     assert max(s.rss for s in samples) == 682 * MiB  # the one-sample spike survives
-    from ipymem.live.chart import Chart
+    from ipymem.render.chart import Chart
 
     chart = Chart()
     chart.update(samples)
@@ -220,7 +220,7 @@ def test_markers_are_bounded():
 @pytest.fixture
 def slow_frames(monkeypatch):
     """Every live frame costs at least 50 ms of CPU."""
-    from ipymem.live import chart
+    from ipymem.render import chart
 
     real_png = chart.Chart.live_png
 
@@ -271,7 +271,7 @@ def test_the_allowance_lets_the_first_frames_come_quickly_and_the_average_stays_
 
 
 def test_a_drawing_error_turns_the_view_off_and_says_so_once(monkeypatch):
-    from ipymem.live import chart
+    from ipymem.render import chart
 
     calls = []
 
@@ -327,7 +327,7 @@ def test_exceptions_propagate_and_the_final_chart_is_still_shown(exc, note):
 
 
 def test_a_failing_start_leaves_nothing_running(monkeypatch):
-    from ipymem.live import chart
+    from ipymem.render import chart
 
     def broken_init(self, *a, **k):
         raise RuntimeError("no matplotlib")
@@ -435,7 +435,7 @@ def test_memwatch_on_off(ip):
     ip.clear()
     ip.run_cell("x = bytearray(40 * 2**20)")
     line = ip.texts()[-1]
-    assert line.startswith("used +") and "MiB above start" in line and line.endswith(" s")
+    assert line.startswith("RSS: used +") and "MiB above start" in line and line.endswith(" s")
     used = float(line.split("used ")[1].split(" MiB")[0].replace(",", ""))
     peak = float(line.split("peak ")[1].split(" MiB")[0].replace(",", ""))
     assert 35 <= used <= 45 and peak >= used
@@ -508,7 +508,7 @@ def test_memwatch_off_inside_a_watched_cell_closes_its_view(ip):
 
 
 def test_chart_limits_follow_the_data_frame_after_frame():
-    from ipymem.live.chart import Chart
+    from ipymem.render.chart import Chart
 
     chart = Chart()
     chart.update([])  # an empty first frame must not freeze the scale
@@ -525,7 +525,7 @@ def test_live_frames_reuse_the_background_and_match_a_full_render():
 
     from PIL import Image
 
-    from ipymem.live.chart import Chart
+    from ipymem.render.chart import Chart
 
     chart = Chart()
     samples = [Sample(i * 0.01, (100 + i % 50) * MiB) for i in range(300)]

@@ -183,7 +183,7 @@ def test_html_and_text_forms(ip):
     html = data["text/html"]
     assert "<table" in html and "<script" not in html.lower()
     assert "&lt;b&gt;&amp;" in html  # the statement is escaped
-    assert "Peak (RSS)" in html and "Increment" in html
+    assert ">Peak<" in html and ">RSS</span>" in html and "Increment" in html  # the value header names RSS
     assert "Run" in html  # per-run table when repeated
     assert data["text/plain"].startswith("peak memory:")
     r = ip.line("memit", "-q -o pass")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
@@ -30,3 +31,31 @@ def test_example_notebook_executes(path, tmp_path):
         for o in c.outputs
     ]
     assert any("peak memory:" in t or "Line #" in t or "Cell In" in t for t in texts)
+    flat = [name for t in texts for name in silent_functions(t)]
+    assert flat == [], f"%mprun tables where every line reads 0.00: {flat}"
+
+
+ROW = re.compile(r"^\s*\d+\s+[\d.,]+ [KMG]iB\s+([+-]?[\d.,]+) [KMG]iB\s+([\d.,]+) [KMG]iB\s+\d+")
+
+
+def silent_functions(text: str) -> list[str]:
+    """Names of the functions in a %mprun text report none of whose lines moved memory (all 0.00):
+    a table that reads as broken, whatever the prose around it explains."""
+    out = []
+    for block in text.split("Filename: ")[1:]:
+        lines = block.splitlines()
+        name = lines[1].split(":")[0] if len(lines) > 1 else "?"
+        rows = [m.groups() for m in map(ROW.match, lines) if m]
+        if rows and all(float(inc.strip("+-").replace(",", "")) == 0 and float(pk) == 0 for inc, pk in rows):
+            out.append(name)
+    return out
+
+
+def test_silent_functions_are_found():
+    report = (
+        "Filename: Cell In[1]\nf: 1 call · net 0.00 MiB\n\nLine #  Mem usage (RSS)  Increment (RSS)  Peak (RSS)"
+        "  Occurrences   Line Contents\n====\n     1        31.66 MiB         0.00 MiB    0.00 MiB            1"
+        "       total = 0\n\nFilename: Cell In[2]\ng: 1 call\n\nLine #\n====\n     4        48.50 MiB"
+        "       +16.84 MiB   11.18 MiB            5           L = [j]\n"
+    )
+    assert silent_functions(report) == ["f"]

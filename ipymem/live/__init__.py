@@ -2,13 +2,13 @@
 
 * :func:`live_view` -- the context manager the magics wrap their measurement in.
 * :class:`MemWatch` -- ``%memwatch on``: a live view for every cell and a compact line after it.
-* :func:`plot_timeline` / :func:`render_png` -- a timeline as a matplotlib Figure or PNG bytes
-  (what results' ``plot()`` uses).
+* :func:`plot_timeline` / :func:`render_png` -- re-exported from :mod:`ipymem.render.chart`, where
+  the chart lives (results' ``plot()`` draw it without importing this package).
 
 Importing this package imports neither matplotlib nor ipywidgets.
 """
 
-from .chart import Marker, downsample, plot_timeline, render_png
+from ..render.chart import Marker, downsample, plot_timeline, render_png
 from .view import LiveView, NullView, live_view, widgets_supported
 from .watch import MemWatch
 

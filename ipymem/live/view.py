@@ -44,7 +44,7 @@ from typing import Any
 from ..engine.probes import shared_probe
 from ..engine.sampler import THREAD_PREFIX, Sampler
 from ..models import Sample
-from .chart import SIZE, Marker
+from ..render.chart import SIZE, Marker, Peak
 
 MiB = 1024 * 1024
 
@@ -149,6 +149,9 @@ class NullView:
     def note(self, text: str) -> None:
         pass
 
+    def conclude(self, title: str | None = None, peak: Peak | None = None) -> None:
+        pass
+
     def __enter__(self) -> NullView:
         return self
 
@@ -166,7 +169,7 @@ class LiveView:
     tracemalloc is already tracing).  ``first_frame``: draw one frame before
     showing the widget (imports matplotlib before the caller's baseline);
     ``%memwatch`` turns it off so short cells pay nothing for drawing, and
-    passes ``chart``, one :class:`~ipymem.live.chart.Chart` built when the
+    passes ``chart``, one :class:`~ipymem.render.chart.Chart` built when the
     watch starts and reused cell after cell, so no cell is charged for
     importing matplotlib or allocating a figure.
     """
@@ -219,6 +222,10 @@ class LiveView:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._t0 = clock()
+        # What the caller measured (conclude()): the final chart states it instead of the samples' peak.
+        self.result_title: str | None = None
+        self.result_peak: Peak | None = None
+        self.metric = "RSS"
 
     # -- the caller's API ---------------------------------------------------
     def mark(self, label: str, kind: str = "point") -> None:
@@ -232,6 +239,12 @@ class LiveView:
     def note(self, text: str) -> None:
         """Add a word to the final chart's title (e.g. ``"interrupted"``)."""
         self.notes.append(text)
+
+    def conclude(self, title: str | None = None, peak: Peak | None = None) -> None:
+        """What the measurement found, for the final chart: its title and the result's peak (a
+        labelled line), so the chart left in the notebook states the table's figure, not the
+        peak of its samples (which a spike shorter than the interval escapes)."""
+        self.result_title, self.result_peak = title, peak
 
     def __enter__(self) -> LiveView:
         self.start()
@@ -349,7 +362,7 @@ class LiveView:
             delay = min(max(self.refresh, -tokens / self.budget), MAX_DELAY)
 
     def _frame(self, final: bool = False) -> tuple[bytes, str]:
-        from .chart import Chart
+        from ..render.chart import Chart
 
         if self._chart is None:
             self._chart = Chart()
@@ -363,7 +376,8 @@ class LiveView:
         with self._lock:
             markers = list(self.markers)
         title = self._summary() if final else ""
-        self._chart.update(samples, heap, markers, title, sticky=not final)
+        peak = self.result_peak if final else None
+        self._chart.update(samples, heap, markers, title, sticky=not final, peak=peak, metric=self.metric)
         png = self._chart.png() if final else self._chart.live_png()
         self.frames += 1
         return png, self._label(live=not final)
@@ -381,11 +395,12 @@ class LiveView:
 
     def _summary(self) -> str:
         start, now, peak = self._figures()
-        parts = [self.title]
-        if start is not None:
-            parts.append(f"peak {peak / MiB:,.1f} MiB (+{(peak - start) / MiB:,.1f})")
+        parts = [self.result_title or self.title]
+        if self.result_title is None and start is not None:
+            parts.append(f"{self.metric} peak {peak / MiB:,.1f} MiB (+{(peak - start) / MiB:,.1f}, sampled)")
             parts.append(f"end {now / MiB:,.1f} MiB ({(now - start) / MiB:+,.1f})")
-        parts.append(f"{self._elapsed():.1f} s")
+        if self.result_title is None:
+            parts.append(f"{self._elapsed():.1f} s")
         if self.markers_dropped:
             parts.append(f"{self.markers_dropped} more marks not drawn")
         parts.extend(self.notes)

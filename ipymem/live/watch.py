@@ -25,7 +25,8 @@ MiB = 1024 * 1024
 
 
 def compact_line(used: int, peak: int, seconds: float) -> str:
-    return f"used {used / MiB:+,.2f} MiB, peak {peak / MiB:+,.2f} MiB above start, {seconds:.2f} s"
+    """``RSS: used +12.00 MiB, peak +40.00 MiB above start, 1.52 s``: the line names its memory."""
+    return f"RSS: used {used / MiB:+,.2f} MiB, peak {peak / MiB:+,.2f} MiB above start, {seconds:.2f} s"
 
 
 class MemWatch:
@@ -50,7 +51,7 @@ class MemWatch:
         if live and (self.frontend is not None or widgets_supported(self.shell)):
             # Import matplotlib and build the figure now, in the %memwatch cell, so no watched cell pays for it.
             try:
-                from .chart import Chart
+                from ..render.chart import Chart
 
                 self.chart = Chart()
                 self.chart.live_png()
@@ -111,7 +112,10 @@ class MemWatch:
         line = compact_line(now - baseline, peak - baseline, seconds)
         self.lines.append(line)
         del self.lines[:-100]
-        html = f"<div style='font-family:monospace;font-size:11px;color:#555'>{escape(line)}</div>"
+        html = (  # the theme's secondary text colour, inherited where the frontend has no JupyterLab variables
+            "<div style='font-family:var(--jp-code-font-family, monospace);font-size:11px;"
+            f"color:var(--jp-content-font-color2, inherit);text-align:left'>{escape(line)}</div>"
+        )
         bundle = {"text/plain": line, "text/html": html}
         if self.view is not None and self.view.shown and self.view.error is None:
             self._close_view(bundle)

@@ -211,12 +211,11 @@ class AllocResult(Comparable):
 
     # -- display ----------------------------------------------------------
     def plot(self, title: str | None = None) -> Any:
-        """The RSS timeline of the run as a matplotlib ``Figure`` (no pyplot); the heap is not sampled."""
-        from ..live.chart import plot_timeline
+        """The RSS timeline of the run as a matplotlib ``Figure`` (no pyplot); the heap is not sampled,
+        so its exact peak is in the title only."""
+        from ..render.chart import alloc_title, plot_timeline
 
-        if title is None:
-            title = f"%memtrace · Python heap peak +{(self.heap_peak - self.heap_start) / 2**20:,.1f} MiB"
-        return plot_timeline(self.timeline, title=title)
+        return plot_timeline(self.timeline, title=alloc_title(self) if title is None else title)
 
     def __str__(self) -> str:
         from ..render.alloc import alloc_text

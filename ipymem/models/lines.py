@@ -168,7 +168,7 @@ class MprunResult(Comparable):
     # -- display ----------------------------------------------------------
     def plot(self, title: str | None = None) -> Any:
         """The RSS timeline with each profiled call's start and end, as a matplotlib ``Figure`` (no pyplot)."""
-        from ..live.chart import Marker, plot_timeline
+        from ..render.chart import Marker, plot_timeline
 
         if title is None:
             title = "%mprun · " + ", ".join(f.name.rsplit(".", 1)[-1] for f in self.functions)

@@ -164,13 +164,20 @@ class MemitResult(Comparable):
         """The timeline as a new matplotlib ``Figure`` (made without pyplot), to style or ``savefig``.
 
         Needs matplotlib.  The heap is not in the timeline (only its peak is
-        kept), so the chart shows RSS.
+        kept), so the chart shows RSS, with the result's peak (exact when the
+        table says so) as a labelled line: the figure the table states, which
+        a short spike can hide from the samples.  The same chart as the
+        static image the live view leaves in the notebook.
         """
-        from ..live.chart import plot_timeline
+        from ..render.chart import memit_peak, memit_title, plot_timeline
 
-        if title is None:
-            title = f"%memit · peak {self.peak / 2**20:,.1f} MiB · increment {self.increment / 2**20:,.1f} MiB"
-        return plot_timeline(self.timeline, title=title)
+        metric = "RSS incl. children" if self.params.include_children else "RSS"
+        return plot_timeline(
+            self.timeline,
+            title=memit_title(self) if title is None else title,
+            peak=memit_peak(self),
+            metric=metric,
+        )
 
     def __str__(self) -> str:
         from ..render.memit import memit_text

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 from ..models.alloc import AllocResult
 from ..units import fmt_bytes, fmt_number, fmt_seconds
-from ._html import code, e, notice, table
+from ._html import CODE_STYLE, FG2, e, footer, head, notice, table
+from ._html import caption_for as _caption_for
+from ._html import code as _code
 
 PEAK_HEADER = "Held at heap peak"
 RETAINED_HEADER = "Retained after"
@@ -124,8 +126,15 @@ def alloc_text(result: AllocResult, precision: int = 2) -> str:
     return "\n".join(lines)
 
 
+#: A sentence in the (monospace, unwrapped) source column: prose that wraps instead of widening it.
+_PROSE = '<span style="white-space:normal;font-family:var(--jp-content-font-family, sans-serif)">{}</span>'
+_PEAK_BAR = "#4c78a8"
+_RETAINED_BAR = "#f58518"
+
+
 def _bar(size: int, scale: int, color: str) -> str:
-    width = 0 if scale <= 0 or size <= 0 else max(1, round(100 * size / scale))
+    """A bar of ``size / scale``; nothing for a size that reads as 0.00 MiB (no bar for empty rows)."""
+    width = 0 if scale <= 0 or size < 0.005 * 2**20 else max(1, round(100 * size / scale))
     return (
         f'<div style="background:{color};height:0.55em;width:{min(width, 100)}%;min-width:{1 if width else 0}px"></div>'
     )
@@ -139,28 +148,32 @@ def alloc_html(result: AllocResult, precision: int = 2) -> str:
     def n(x: int | float | None, sign: bool = False) -> str:
         return e(fmt_number(x, precision, sign=sign))
 
-    caption = "%memtrace " + code(result.statement.splitlines()[0] if result.statement.strip() else "", 120)
+    caption = _caption_for("memtrace", result.statement, getattr(result, "setup", None))
     parts = ['<div class="ipymem-memtrace">']
     headers = [
-        "Location",
-        "Source" if p.group_by != "traceback" else "Source / traceback (innermost first)",
-        e(f"{PEAK_HEADER} (MiB)"),
-        "blocks",
-        e(f"{RETAINED_HEADER} (MiB)"),
-        "blocks",
+        head("Location"),
+        head("Source") if p.group_by != "traceback" else head("Source", "traceback, innermost first"),
+        head(PEAK_HEADER, "Python heap, MiB", numeric=True),
+        head("blocks", numeric=True),
+        head(RETAINED_HEADER, "Python heap, MiB", numeric=True),
+        head("blocks", numeric=True),
     ]
     numeric = [False, False, True, True, True, True]
     if repeated:
-        headers.append(e(f"{GROWTH_HEADER} (MiB)"))
+        headers.append(head(GROWTH_HEADER, "MiB", numeric=True))
         numeric.append(True)
-    headers.append("")
+    swatch = '<span style="display:inline-block;width:0.8em;height:0.55em;background:{}"></span>'
+    headers.append(
+        f'<th style="text-align:left;font-weight:normal;white-space:nowrap;color:{FG2};padding:2px 8px">'
+        f"{swatch.format(_PEAK_BAR)} at peak<br>{swatch.format(_RETAINED_BAR)} retained</th>"
+    )
     numeric.append(False)
     scale = max([max(x.peak_size, x.retained_size) for x in result.entries] or [0])
     rows = []
     for entry in result.entries:
-        src = code(entry.source) if entry.source else ""
+        src = e(entry.source.strip()) if entry.source else ""
         if p.group_by == "traceback" and len(entry.frames) > 1:
-            src += "<br>" + "<br>".join(f"← {e(f.label)} {code(f.source, 100)}" for f in entry.frames[1:])
+            src += "<br>" + "<br>".join(f"← {e(f.label)} {_code(f.source, 100)}" for f in entry.frames[1:])
         row = [
             e(entry.location),
             src,
@@ -173,8 +186,8 @@ def alloc_html(result: AllocResult, precision: int = 2) -> str:
             growth = entry.growth_per_run
             cell = n(growth, sign=True) if growth is not None else ""
             row.append(f"<b>{cell}</b> ⚠" if entry.grows else cell)
-        bars = _bar(entry.peak_size, scale, "#4c78a8") + _bar(entry.retained_size, scale, "#f58518")
-        row.append(f'<div style="width:12em">{bars}</div>')
+        bars = _bar(entry.peak_size, scale, _PEAK_BAR) + _bar(entry.retained_size, scale, _RETAINED_BAR)
+        row.append(f'<div style="width:6em">{bars}</div>')
         rows.append(row)
     blank = [""] * (len(headers) - 6)
     if result.rest_peak_size or result.rest_retained_size:
@@ -185,7 +198,13 @@ def alloc_html(result: AllocResult, precision: int = 2) -> str:
         rows.append(
             [
                 e(_outside(result)),
-                e("ipymem's own bookkeeping" if p.all_frames else "libraries, interpreter, ipymem: no frame of yours"),
+                _PROSE.format(
+                    e(
+                        "ipymem's own bookkeeping"
+                        if p.all_frames
+                        else "libraries, interpreter, ipymem: no frame of yours"
+                    )
+                ),
                 n(result.outside_peak_size),
                 "",
                 n(result.outside_retained_size),
@@ -195,9 +214,11 @@ def alloc_html(result: AllocResult, precision: int = 2) -> str:
         )
     total = [
         "<b>Total</b>",
-        e(
-            f"Python heap peak {fmt_bytes(result.peak_increment, precision, sign=True)} above its start "
-            f"(exact); process RSS {fmt_bytes(result.rss_increment, precision, sign=True)} (after − before)"
+        _PROSE.format(
+            e(
+                f"Python heap peak {fmt_bytes(result.peak_increment, precision, sign=True)} above its start "
+                f"(exact); process RSS {fmt_bytes(result.rss_increment, precision, sign=True)} (after − before)"
+            )
         ),
         f"<b>{n(result.peak_increment)}</b>",
         "",
@@ -206,21 +227,21 @@ def alloc_html(result: AllocResult, precision: int = 2) -> str:
         *blank,
     ]
     rows.append(total)
-    parts.append(table(headers, rows, numeric=numeric, caption=caption))
-    parts.append(notice(_scope(result), color="#555"))
+    styles = [None, CODE_STYLE] + [None] * (len(headers) - 2)
+    parts.append(table(headers, rows, numeric=numeric, caption=caption, styles=styles))
+    parts.append(footer(_scope(result)))
     for t in _totals(result, precision)[1:]:
-        parts.append(notice(t, color="#555"))
+        parts.append(footer(t))
     parts.append(
-        notice(
+        footer(
             f"{PEAK_HEADER}: blocks allocated during the run and alive when the traced heap was highest; "
             f"{RETAINED_HEADER}: still alive after the run and a garbage collection"
-            + (f"; {GROWTH_HEADER}: retained growth per run, ⚠ = grew in every run" if repeated else ""),
-            color="#555",
+            + (f"; {GROWTH_HEADER}: retained growth per run, ⚠ = grew in every run" if repeated else "")
         )
     )
     for s in _status(result):
         parts.append(notice(s))
     for t in result.notes:
-        parts.append(notice("note: " + t, color="#555"))
+        parts.append(footer("note: " + t))
     parts.append("</div>")
     return "".join(parts)

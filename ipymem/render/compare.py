@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from ..models.compare import BYTES, Comparison, Metric
 from ..units import fmt_bytes, fmt_seconds
-from ._html import CELL_STYLE, NUM_STYLE, TABLE_STYLE, bar_style, e
+from ._html import LABEL_STYLE, NEUTRAL, NUM_STYLE, TABLE_STYLE, bar_style, caption_block, e, head, scroll, split_head
 
 RATIO = "vs first"
 
@@ -56,19 +56,21 @@ def compare_html(comparison: Comparison, precision: int = 2) -> str:
     rows = _rows(comparison, precision)
     headline = [v[0] for v in comparison.values]
     scale = max([abs(v) for v in headline if v is not None] + [0])
-    head = "".join(
-        f'<th style="{CELL_STYLE};text-align:{"left" if i == 0 else "right"}">{e(h)}</th>'
-        for i, h in enumerate(headers)
-    )
+    heads = [head(headers[0])] + [
+        head(h, title=f"{comparison.metrics[0].name} / the first result's", numeric=True)
+        if h == RATIO
+        else split_head(h, numeric=True)
+        for h in headers[1:]
+    ]
     body = []
     for row, value in zip(rows, headline, strict=True):
-        cells = [f'<td style="{CELL_STYLE}">{e(row[0])}</td>']
-        cells.append(f'<td style="{bar_style(value, scale, "rgba(76,120,168,.35)")}">{e(row[1])}</td>')
+        cells = [f'<td style="{LABEL_STYLE}">{e(row[0])}</td>']
+        cells.append(f'<td style="{bar_style(value, scale, NEUTRAL)}">{e(row[1])}</td>')
         cells.extend(f'<td style="{NUM_STYLE}">{e(c)}</td>' for c in row[2:])
         body.append("<tr>" + "".join(cells) + "</tr>")
     caption = f"{e(comparison.kind)} comparison · {e(RATIO)} = {e(comparison.metrics[0].name)} / the first result's"
-    return (
-        f'<div class="ipymem-compare"><table class="ipymem" style="{TABLE_STYLE}">'
-        f'<caption style="caption-side:top;text-align:left;font-weight:bold">{caption}</caption>'
-        f"<thead><tr>{head}</tr></thead><tbody>{''.join(body)}</tbody></table></div>"
+    table = (
+        f'<table class="ipymem" style="{TABLE_STYLE}">'
+        f"<thead><tr>{''.join(heads)}</tr></thead><tbody>{''.join(body)}</tbody></table>"
     )
+    return f'<div class="ipymem-compare">{caption_block(caption)}{scroll(table)}</div>'

@@ -4,7 +4,24 @@ from __future__ import annotations
 
 from ..models.lines import FunctionProfile, LineStats, MprunResult
 from ..units import fmt_bytes, fmt_seconds
-from ._html import CELL_STYLE, NUM_STYLE, TABLE_STYLE, bar_style, code, e, notice
+from ._html import (
+    CODE_STYLE,
+    GAIN,
+    NUM_STYLE,
+    PEAK,
+    RELEASE,
+    TABLE_STYLE,
+    bar_style,
+    caption_block,
+    code,
+    e,
+    head,
+    notice,
+    scroll,
+)
+from ._html import (
+    footer as footer_line,
+)
 
 _STATUS = {
     "interrupted": "! interrupted (KeyboardInterrupt): the figures cover what ran",
@@ -42,11 +59,17 @@ def function_summary(f: FunctionProfile, result: MprunResult, precision: int = 2
 
 
 def footer(result: MprunResult) -> list[str]:
+    """What memory and how long; how lines were seen and how often memory was read; status; notes.
+    Each thing once: the method already names its memory (``RSS from /proc/self/statm``)."""
     p = result.params
     when = f"line events from {p.tracer}"
     if p.min_interval:
         when += f"; memory read at most every {fmt_seconds(p.min_interval)} of run time ({result.readings} readings)"
-    lines = [f"{p.metric}: {p.memory_method}; {fmt_seconds(result.duration)}", when]
+    base = p.metric.split(" incl.")[0]
+    method = p.memory_method if p.memory_method.startswith(base) else f"{base}: {p.memory_method}".rstrip(": ")
+    if p.include_children:
+        method += "; child processes sampled at the same readings (their peaks are at least these)"
+    lines = [f"{method}; {fmt_seconds(result.duration)}", when]
     status = _STATUS.get(result.outcome)
     if status:
         lines.append(status.format(error=result.error))
@@ -78,41 +101,70 @@ def mprun_text(result: MprunResult, precision: int = 2) -> str:
     return "\n".join(out)
 
 
+def _heaviest(f: FunctionProfile) -> int | None:
+    """Line number of the line that moved memory most (its peak or its |increment|), if any did."""
+    best, weight = None, 0
+    for line in f.lines:
+        w = max(abs(line.increment or 0), line.peak or 0)
+        if line.executed and w > weight:
+            best, weight = line.lineno, w
+    return best
+
+
 def mprun_html(result: MprunResult, precision: int = 2) -> str:
-    """One table per function; bars in Increment (red gain, green release) and Peak, scaled to the largest."""
-    heads = headers(result)
+    """One table per function, for notebooks: source monospace, left-aligned and scrolling inside
+    the output; numbers right-aligned; bars in Increment (red gain, green release) and Peak,
+    scaled to the function's largest figure and absent where the figure reads zero; the heaviest
+    line in bold; two-line headers naming the metric, their meaning in tooltips and a legend."""
+    m = result.params.metric
+    heads = [
+        head("Line #", numeric=True),
+        head("Mem usage", m, f"{m} when the line last finished", numeric=True),
+        head("Increment", m, f"net change of {m} attributed to the line, summed over its occurrences", numeric=True),
+        head("Peak", m, f"highest {m} while the line ran, above its start (worst occurrence)", numeric=True),
+        head("Occurrences", title="how often the line ran", numeric=True),
+        head("Line Contents"),
+    ]
     parts = ['<div class="ipymem-mprun">']
     for f in result.functions:
         executed = [line for line in f.lines if line.executed]
         scale = max([abs(line.increment or 0) for line in executed] + [line.peak or 0 for line in executed] + [0])
+        heaviest = _heaviest(f)
         caption = f"{code(f.where, 120)} · {e(function_summary(f, result, precision))}"
         rows = []
         for line in f.lines:
             mem, inc, peak, occ = (e(c) for c in _cells(line, precision))
-            inc_color = "rgba(220,60,40,.35)" if (line.increment or 0) > 0 else "rgba(40,160,80,.35)"
+            bold = ";font-weight:bold" if line.lineno == heaviest else ""
+            num = NUM_STYLE + bold
+            inc_color = GAIN if (line.increment or 0) > 0 else RELEASE
             rows.append(
                 "<tr>"
-                f'<td style="{NUM_STYLE};color:#888">{line.lineno}</td>'
-                f'<td style="{NUM_STYLE}">{mem}</td>'
-                f'<td style="{bar_style(line.increment, scale, inc_color)}">{inc}</td>'
-                f'<td style="{bar_style(line.peak, scale, "rgba(230,140,20,.35)")}">{peak}</td>'
-                f'<td style="{NUM_STYLE}">{occ}</td>'
-                f'<td style="{CELL_STYLE};font-family:monospace;white-space:pre">{e(line.source)}</td>'
+                f'<td style="{NUM_STYLE}">{line.lineno}</td>'
+                f'<td style="{num}">{mem}</td>'
+                f'<td style="{bar_style(line.increment, scale, inc_color, num, precision)}">{inc}</td>'
+                f'<td style="{bar_style(line.peak, scale, PEAK, num, precision)}">{peak}</td>'
+                f'<td style="{num}">{occ}</td>'
+                f'<td style="{CODE_STYLE}{bold}">{e(line.source)}</td>'
                 "</tr>"
             )
-        aligns = ["right"] * 5 + ["left"]
-        head = "".join(
-            f'<th style="{CELL_STYLE};text-align:{a}">{e(h)}</th>' for a, h in zip(aligns, heads, strict=True)
-        )
+        parts.append(caption_block(caption))
         parts.append(
-            f'<table class="ipymem" style="{TABLE_STYLE}">'
-            f'<caption style="caption-side:top;text-align:left;font-weight:bold">{caption}</caption>'
-            f"<thead><tr>{head}</tr></thead><tbody>{''.join(rows)}</tbody></table>"
+            scroll(
+                f'<table class="ipymem" style="{TABLE_STYLE}">'
+                f"<thead><tr>{''.join(heads)}</tr></thead><tbody>{''.join(rows)}</tbody></table>"
+            )
         )
     if not result.functions:
         parts.append(notice("%mprun: nothing was profiled"))
+    if result.functions:
+        parts.append(
+            footer_line(
+                f"Mem usage: {m} after the line · Increment: net change, summed over occurrences"
+                f" · Peak: highest while the line ran, above its start · bold: the heaviest line"
+            )
+        )
     for i, line in enumerate(footer(result)):
-        parts.append(notice(line, color="#555" if i < 2 or line.startswith("note") else "#a40"))
+        parts.append(footer_line(line) if i < 2 or line.startswith("note") else notice(line))
     parts.append("</div>")
     return "".join(parts)
 

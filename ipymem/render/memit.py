@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from ..models import MemitResult
 from ..units import fmt_bytes, fmt_seconds
-from ._html import code, e, notice, table
+from ._html import caption_for, e, footer, head, notice, table
 
 
 def memit_text(result: MemitResult, precision: int = 2) -> str:
@@ -36,16 +36,25 @@ def memit_text(result: MemitResult, precision: int = 2) -> str:
     if heap is not None:
         lines.append(f"  Python heap (tracemalloc) peak: {b(heap, sign=True)} above its start")
     lines.extend(status_lines(result))
-    lines.extend(f"  note: {n}" for n in result.notes)
+    lines.extend(f"  note: {n}" for n in notes(result))
     return "\n".join(lines)
 
 
 def peak_source(result: MemitResult) -> str:
     """Which memory the figures are and where the peak came from, in a few words."""
-    what = "RSS incl. child processes" if result.params.include_children else "RSS"
+    if result.params.include_children:
+        # The high-water mark covers this process only; children are sampled, so the sum is a lower bound.
+        own = f"exact from the {result.peak_method}" if result.exact else result.peak_method
+        return f"RSS incl. child processes, peak at least this: own RSS {own}, children sampled"
     if result.exact:
-        return f"{what}, exact peak from the {result.peak_method}"
-    return f"{what}, peak {result.peak_method}"
+        return f"RSS, exact peak from the {result.peak_method}"
+    return f"RSS, peak {result.peak_method}"
+
+
+def notes(result: MemitResult) -> list[str]:
+    """The result's notes, less what :func:`peak_source` already says (each thing once)."""
+    said = "child processes are sampled" if result.params.include_children else None
+    return [n for n in result.notes if not (said and n.startswith(said))]
 
 
 def status_lines(result: MemitResult) -> list[str]:
@@ -62,51 +71,68 @@ def status_lines(result: MemitResult) -> list[str]:
 
 
 def memit_html(result: MemitResult, precision: int = 2) -> str:
-    """A small table: peak, increment, baseline, retained, heap, time; one row per run when repeated."""
+    """A small table: peak, increment, baseline, retained, heap, time; one row per run when repeated.
+
+    The caption says what was measured (the statement, or "cell of N lines", and the setup as
+    setup); the value column's header names the memory; how the peak was obtained is the first
+    footer line, said once.
+    """
 
     def b(n: int | None, sign: bool = False) -> str:
         return e(fmt_bytes(n, precision, sign=sign))
 
     what = "RSS incl. children" if result.params.include_children else "RSS"
-    caption = "%memit " + code(result.statement.splitlines()[0] if result.statement.strip() else "", 120)
+    caption = caption_for("memit", result.statement, result.setup)
     parts = ['<div class="ipymem-memit">']
     if result.runs:
         worst = f" (worst of {len(result.runs)} runs)" if len(result.runs) > 1 else ""
         rows = [
-            (f"Peak ({what})", b(result.peak)),
-            (f"Increment ({what}, peak − baseline){worst}", b(result.increment)),
+            ("Peak", b(result.peak)),
+            (f"Increment{worst}", b(result.increment)),
         ]
         if len(result.runs) > 1:
-            rows.append((f"Best increment ({what})", b(result.best_increment)))
+            rows.append(("Best increment", b(result.best_increment)))
         rows += [
-            (f"Baseline ({what})", b(result.baseline)),
-            (f"Retained after the run ({what})", b(result.runs[-1].retained, sign=True)),
+            ("Baseline", b(result.baseline)),
+            ("Retained after the run", b(result.runs[-1].retained, sign=True)),
         ]
         if result.heap_increment is not None:
             rows.append(("Python heap peak (tracemalloc, above start)", b(result.heap_increment, sign=True)))
         rows += [
             ("Time" + (" (all runs)" if len(result.runs) > 1 else ""), e(fmt_seconds(result.duration))),
             ("Samples", e(result.samples)),
-            ("Measured", e(peak_source(result))),
         ]
-        parts.append(table(["", "Value"], [(e(k), v) for k, v in rows], numeric=[False, True], caption=caption))
+        headers = [
+            head("", title="increment = peak − baseline; retained = end − baseline"),
+            head("Value", what, f"{what} in MiB unless the row says otherwise", numeric=True),
+        ]
+        parts.append(table(headers, [(e(k), v) for k, v in rows], numeric=[False, True], caption=caption))
         if len(result.runs) > 1:
             heap = result.params.trace_heap
-            headers = ["Run", f"Baseline ({what})", f"Peak ({what})", "Increment", "Retained"]
-            headers += ["Heap peak (tracemalloc)"] if heap else []
-            headers += ["Time"]
+            run_heads = [
+                head("Run", numeric=True),
+                head("Baseline", what, numeric=True),
+                head("Peak", what, numeric=True),
+                head("Increment", what, numeric=True),
+                head("Retained", what, numeric=True),
+            ]
+            run_heads += (
+                [head("Heap peak", "Python heap", "tracemalloc peak above its start", numeric=True)] if heap else []
+            )
+            run_heads += [head("Time", numeric=True)]
             run_rows = []
             for i, r in enumerate(result.runs, 1):
                 row = [e(i), b(r.baseline), b(r.peak), b(r.increment), b(r.retained, sign=True)]
                 row += [b(r.heap_increment, sign=True)] if heap else []
                 row.append(e(fmt_seconds(r.duration)))
                 run_rows.append(row)
-            parts.append(table([e(h) for h in headers], run_rows, numeric=[True] * len(headers)))
+            parts.append(table(run_heads, run_rows, numeric=[True] * len(run_heads)))
+        parts.append(footer(peak_source(result)))
     else:
         parts.append(notice(f"%memit: nothing was measured ({result.outcome})"))
     for line in status_lines(result):
         parts.append(notice(line.strip()))
-    for n in result.notes:
-        parts.append(notice("note: " + n, color="#555"))
+    for n in notes(result):
+        parts.append(footer("note: " + n))
     parts.append("</div>")
     return "".join(parts)
