@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import functools
+import sys
 from collections.abc import Iterator
 from typing import Any
 
@@ -20,6 +21,7 @@ from traitlets import Bool, Float
 from . import engine
 from .engine.interrupts import Deferred, deferred_interrupts
 from .engine.linetrace import code_of, profile_lines
+from .files import writable_file
 from .live import MemWatch, live_view
 from .models import AllocResult, MemitResult, MprunResult
 from .render import alloc_html, alloc_text, memit_html, memit_text, mprun_html, mprun_text
@@ -114,7 +116,12 @@ MPRUN_OPTS = (
     Opt(
         "f", "Profile this function: any expression naming a function or method (repeatable).", "FUNC", repeatable=True
     ),
-    Opt("T", "Also write the text report to FILE.", "FILE"),
+    Opt(
+        "T",
+        "Write the text report to FILE and print only where it went (checked before anything runs).",
+        "FILE",
+        writable_file,
+    ),
     Opt("r", "Return the MprunResult object (memory_profiler's letter; same as -o)."),
     Opt("o", "Return the MprunResult object."),
     Opt("v", "Store the MprunResult in the user namespace under NAME.", "NAME", identifier),
@@ -263,11 +270,18 @@ class MemoryMagics(Magics):
         if sampling.received and error is None:
             error = KeyboardInterrupt()
         result = dataclasses.replace(result, timeline=sampler.timeline.samples(), calls=tuple(calls[:1000]))
-        if args.T:
-            with open(args.T, "w", encoding="utf-8") as out:
-                out.write(mprun_text(result, args.precision) + "\n")
-            if not args.q:
-                print(f"*** Profile printout saved to text file {args.T}")
+        if args.T:  # as memory_profiler: the report goes to the file, only where it went to the screen
+            try:
+                with deferred_interrupts() as held, open(args.T, "w", encoding="utf-8") as out:
+                    out.write(mprun_text(result, args.precision) + "\n")
+            except OSError as exc:  # checked before the run, but the disk can still fill or vanish
+                print(f"%mprun: could not write {args.T}: {exc}; the report is shown instead", file=sys.stderr)
+            else:
+                if not args.q:
+                    print(f"*** Profile printout saved to text file {args.T}.")
+                args["q"] = True
+            if held.received and error is None:
+                error = KeyboardInterrupt()
         return self._finish(result, error, args, mprun_text, mprun_html)
 
     def _label(self, filename: str) -> str:
