@@ -21,6 +21,7 @@ from types import CodeType
 from typing import Any, TypeVar
 
 from . import engine
+from .engine.codes import nested_functions
 from .engine.linetrace import code_of
 from .models import AllocResult, MemitResult, MprunResult
 from .models.lines import merge_results, merge_steps
@@ -110,24 +111,13 @@ def line_backend(name: str) -> str:
         ) from None
 
 
-def _nested_codes(code: CodeType) -> list[CodeType]:
-    """Functions defined inside ``code`` (at any depth): not comprehensions, lambdas or class bodies."""
-    out = []
-    for const in code.co_consts:
-        if isinstance(const, CodeType):
-            if const.co_flags & inspect.CO_OPTIMIZED and not const.co_name.startswith("<"):
-                out.append(const)
-            out.extend(_nested_codes(const))
-    return out
-
-
 class _Record:
     """The books of one decorated function over its calls: its own code and the functions defined in it."""
 
     def __init__(self, func: Callable[..., Any], backend: str, precision: int, stream: Any, quiet: bool) -> None:
         self.func = func
         self.code = code_of(func)
-        self.nested = _nested_codes(self.code)
+        self.nested = nested_functions(self.code)
         self.codes = [self.code, *self.nested]
         self.backend = backend
         self.precision = precision
@@ -210,6 +200,7 @@ def _step(rec: _Record, parts: list[MprunResult], fn: Callable[[Any], Any], arg:
     box: list[tuple[str, Any]] = []
 
     def run() -> None:
+        __tracebackhide__ = True
         try:
             box.append(("yield", fn(arg)))
         except StopIteration as stop:
@@ -327,7 +318,12 @@ def _wrap(func: Callable[..., Any], rec: _Record) -> Callable[..., Any]:
         if rec.tracing(code):  # a recursive call, or one from another decorated function: already traced
             return func(*args, **kwargs)
         out: list[Any] = []
-        result, error = rec.session(lambda: out.append(func(*args, **kwargs)))
+
+        def call() -> None:
+            __tracebackhide__ = True
+            out.append(func(*args, **kwargs))
+
+        result, error = rec.session(call)
         rec.finish([result])
         _reraise(error)
         return escaped(out[0])
@@ -422,6 +418,7 @@ def _name(func: Callable[..., Any]) -> str:
 
 
 def _reraise(error: BaseException | None) -> None:
+    __tracebackhide__ = True
     if error is not None:
         try:
             raise error

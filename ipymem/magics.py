@@ -19,6 +19,7 @@ from IPython.core.magic import Magics, line_cell_magic, line_magic, magics_class
 from traitlets import Bool, Float
 
 from . import engine
+from .engine.codes import nested_functions
 from .engine.interrupts import Deferred, deferred_interrupts
 from .engine.linetrace import code_of, profile_lines
 from .files import writable_file
@@ -162,6 +163,21 @@ def _sampling(sampler: engine.Sampler) -> Iterator[Deferred]:
         state.received = held.received
 
 
+def _without_idle_nested(result: MprunResult, asked: int) -> MprunResult:
+    """Drop the nested functions that never ran (the first ``asked`` functions were asked for by -f)."""
+    idle = [f.name for f in result.functions[asked:] if f.calls == 0]
+    keep = result.functions[:asked] + tuple(f for f in result.functions[asked:] if f.calls)
+    notes = []
+    for note in result.notes:
+        if note.startswith("never called: "):
+            names = [n for n in note[len("never called: ") :].split(", ") if n not in idle]
+            if not names:
+                continue
+            note = "never called: " + ", ".join(names)
+        notes.append(note)
+    return dataclasses.replace(result, functions=keep, notes=tuple(notes))
+
+
 @magics_class
 class MemoryMagics(Magics):
     """ipymem's magics: ``%memit``, ``%mprun``, ``%memtrace``, ``%memwatch``."""
@@ -243,6 +259,8 @@ class MemoryMagics(Magics):
             statement = f"{args.rest}\n{cell}" if args.rest else cell
             require_statement("mprun", statement, MPRUN_OPTS, MPRUN_TAIL)
         targets = [resolve_function(self.shell, "mprun", expr, code_of) for expr in args.f]
+        # As memory_profiler: functions defined inside a profiled one are profiled too (shown if they ran).
+        nested = [c for t in targets for c in nested_functions(code_of(t)) if c not in map(code_of, targets)]
         run, _ = compile_user_code(self.shell, statement)
         if not targets:  # %%mprun without -f: the cell body itself, line by line
             targets = [run.code]
@@ -257,7 +275,7 @@ class MemoryMagics(Magics):
             profile = functools.partial(
                 profile_lines,
                 run,
-                targets,
+                targets + nested,
                 backend=args.backend,
                 include_children=args.c,
                 statement=statement,
@@ -270,6 +288,8 @@ class MemoryMagics(Magics):
         if sampling.received and error is None:
             error = KeyboardInterrupt()
         result = dataclasses.replace(result, timeline=sampler.timeline.samples(), calls=tuple(calls[:1000]))
+        if nested:
+            result = _without_idle_nested(result, len(targets))
         if args.T:  # as memory_profiler: the report goes to the file, only where it went to the screen
             try:
                 with deferred_interrupts() as held, open(args.T, "w", encoding="utf-8") as out:
