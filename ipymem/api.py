@@ -14,6 +14,7 @@ import functools
 import inspect
 import sys
 import threading
+import tracemalloc
 import types
 import weakref
 from collections.abc import Callable, Sequence
@@ -150,7 +151,17 @@ class _Record:
         previous = getattr(_local, "codes", None)
         _local.codes = {code_of(t) if not isinstance(t, CodeType) else t for t in targets}
         try:
-            return engine.profile_lines(run, targets, backend=self.backend, statement=_name(self.func) + "(...)")
+            return engine.profile_lines(
+                run,
+                targets,
+                backend=self.backend,
+                statement=_name(self.func) + "(...)",
+                # The heap is read at every line boundary, as memory_profiler did: tracemalloc counts a
+                # buffer when it is allocated, not when its pages are touched, so a fast line can take
+                # megabytes and the time gate (sound for RSS, which grows only as fast as pages fault)
+                # would hand them to a later line.  A reading costs ~1 µs next to tracemalloc's own cost.
+                min_interval=0.0 if self.backend == "heap" else None,
+            )
         finally:
             _local.codes = previous
 
@@ -181,6 +192,34 @@ class _Record:
             stream.write(mprun_text(result, self.precision) + "\n\n")
             with contextlib.suppress(Exception):
                 stream.flush()
+
+
+_heap_holds = [0, False]  # [calls holding tracemalloc on, whether ipymem.profile started it]
+
+
+@contextlib.contextmanager
+def _heap_kept(rec: _Record) -> Any:
+    """For the heap backend, tracemalloc stays on from a generator's or coroutine's first step to its last.
+
+    Each step is a profile of its own, and a profile that starts tracemalloc
+    stops it, which forgets every allocation: a buffer made in one step and
+    freed in the next would not be seen leaving.  If tracemalloc was off, it
+    is started here and stopped when the last such call ends.
+    """
+    if rec.backend != "heap":
+        yield
+        return
+    if _heap_holds[0] == 0 and not tracemalloc.is_tracing():
+        tracemalloc.start()
+        _heap_holds[1] = True
+    _heap_holds[0] += 1
+    try:
+        yield
+    finally:
+        _heap_holds[0] -= 1
+        if _heap_holds[0] == 0 and _heap_holds[1]:
+            _heap_holds[1] = False
+            tracemalloc.stop()
 
 
 def _ran(f: Any) -> bool:
@@ -269,18 +308,20 @@ def _wrap(func: Callable[..., Any], rec: _Record) -> Callable[..., Any]:
             value: Any = None
             exc: BaseException | None = None
             try:
-                while True:
-                    try:
-                        out = await _await(rec, parts, agen.asend(value) if exc is None else agen.athrow(exc))
-                    except StopAsyncIteration:
-                        return
-                    try:
-                        value, exc = (yield out), None
-                    except GeneratorExit:
-                        await _await(rec, parts, agen.aclose())
-                        raise
-                    except BaseException as thrown:
-                        value, exc = None, thrown
+                with _heap_kept(rec):
+                    while True:
+                        step = agen.asend(value) if exc is None else agen.athrow(exc)
+                        try:
+                            out = await _await(rec, parts, step)
+                        except StopAsyncIteration:
+                            return
+                        try:
+                            value, exc = (yield out), None
+                        except GeneratorExit:
+                            await _await(rec, parts, agen.aclose())
+                            raise
+                        except BaseException as thrown:
+                            value, exc = None, thrown
             finally:
                 rec.finish(parts)
 
@@ -293,7 +334,8 @@ def _wrap(func: Callable[..., Any], rec: _Record) -> Callable[..., Any]:
             __tracebackhide__ = True
             parts: list[MprunResult] = []
             try:
-                return escaped(await _await(rec, parts, func(*args, **kwargs)))
+                with _heap_kept(rec):
+                    return escaped(await _await(rec, parts, func(*args, **kwargs)))
             finally:
                 rec.finish(parts)
 
@@ -306,7 +348,8 @@ def _wrap(func: Callable[..., Any], rec: _Record) -> Callable[..., Any]:
             __tracebackhide__ = True
             parts: list[MprunResult] = []
             try:
-                return (yield from _drive(rec, parts, func(*args, **kwargs)))
+                with _heap_kept(rec):
+                    return (yield from _drive(rec, parts, func(*args, **kwargs)))
             finally:
                 rec.finish(parts)
 
