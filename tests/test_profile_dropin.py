@@ -760,3 +760,18 @@ def test_case_through_mprun(name, ip):
     for fname, lines in case.expect.items():
         assert _executed(r, fname) == lines, fname
     _check_books(r)
+
+
+def test_code_map_like_memory_profilers(ip):
+    """`%mprun -r` returned memory_profiler's LineProfiler; its code_map is on the result: MiB and counts."""
+    ip.run_cell("def grow(n):\n    a = b'x' * n\n    return len(a)\n")
+    r = ip.line("mprun", "-q -r -f grow grow(48 * 2**20)")
+    ((key, per_line),) = r.code_map.items()
+    assert key[2] == "grow"
+    f = r.function("grow")
+    first = f.firstlineno
+    assert per_line[first] is None  # the def line never ran
+    inc, mem, occ = per_line[first + 1]
+    line = f.lines[1]
+    assert (inc, mem, occ) == (line.increment / MiB, line.mem_after / MiB, 1)
+    assert 40 < inc < 56
