@@ -22,7 +22,7 @@ from types import CodeType
 from typing import Any, TypeVar
 
 from . import engine
-from .engine.codes import nested_functions
+from .engine.codes import nested_functions, stand_in
 from .engine.linetrace import code_of
 from .models import AllocResult, MemitResult, MprunResult
 from .models.lines import merge_results, merge_steps
@@ -118,7 +118,9 @@ class _Record:
     def __init__(self, func: Callable[..., Any], backend: str, precision: int, stream: Any, quiet: bool) -> None:
         self.func = func
         self.code = code_of(func)
-        self.nested = nested_functions(self.code)
+        found = nested_functions(self.code, getattr(func, "__qualname__", None))
+        self.nested = [code for code, _ in found]
+        self.stand_ins = [stand_in(code, name) for code, name in found]  # named as Python names them
         self.codes = [self.code, *self.nested]
         self.backend = backend
         self.precision = precision
@@ -144,12 +146,12 @@ class _Record:
         """
         __tracebackhide__ = True
         records = _live_records()
-        targets: list[Any] = [self.func, *self.nested]
+        targets: list[Any] = [self.func, *self.stand_ins]
         for rec in records:
             if rec is not self and rec.backend == self.backend:
-                targets += [rec.func, *rec.nested]
+                targets += [rec.func, *rec.stand_ins]
         previous = getattr(_local, "codes", None)
-        _local.codes = {code_of(t) if not isinstance(t, CodeType) else t for t in targets}
+        _local.codes = {code_of(t) for t in targets}
         try:
             return engine.profile_lines(
                 run,

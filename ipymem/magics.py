@@ -19,7 +19,7 @@ from IPython.core.magic import Magics, line_cell_magic, line_magic, magics_class
 from traitlets import Bool, Float
 
 from . import engine
-from .engine.codes import nested_functions
+from .engine.codes import nested_functions, stand_in
 from .engine.interrupts import Deferred, deferred_interrupts
 from .engine.linetrace import code_of, profile_lines
 from .files import writable_file
@@ -260,7 +260,13 @@ class MemoryMagics(Magics):
             require_statement("mprun", statement, MPRUN_OPTS, MPRUN_TAIL)
         targets = [resolve_function(self.shell, "mprun", expr, code_of) for expr in args.f]
         # As memory_profiler: functions defined inside a profiled one are profiled too (shown if they ran).
-        nested = [c for t in targets for c in nested_functions(code_of(t)) if c not in map(code_of, targets)]
+        asked = {code_of(t) for t in targets}
+        nested = [
+            stand_in(code, name)
+            for t in targets
+            for code, name in nested_functions(code_of(t), getattr(t, "__qualname__", None))
+            if code not in asked
+        ]
         run, _ = compile_user_code(self.shell, statement)
         if not targets:  # %%mprun without -f: the cell body itself, line by line
             targets = [run.code]
@@ -469,8 +475,10 @@ class MemoryMagics(Magics):
         Columns: Mem usage (after the line), Increment (net change attributed
         to the line, summed over its occurrences; a function's increments add
         up to its memory at return minus at entry), Peak (the highest memory
-        while the line ran, above its start), Occurrences.  Comprehensions,
-        lambdas and nested functions count on the line that contains them.
+        while the line ran, above its start), Occurrences.  Comprehensions
+        and lambdas count on the line that contains them; functions defined
+        inside a -f function get a table of their own when they ran (as in
+        memory_profiler), and their cost is also in the line that called them.
         Memory is read at line boundaries at most every ~50 µs of run time
         (the books stay exact; peaks come from the kernel's high-water mark),
         so profiled code runs a few times slower, not hundreds.  Only the
