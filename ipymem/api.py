@@ -12,6 +12,7 @@ import contextlib
 import dataclasses
 import functools
 import inspect
+import os
 import sys
 import threading
 import tracemalloc
@@ -462,10 +463,20 @@ def _name(func: Callable[..., Any]) -> str:
     return getattr(func, "__qualname__", None) or repr(func)
 
 
+_PACKAGE = os.path.dirname(os.path.abspath(__file__)) + os.sep
+
+
+def _user_traceback(tb: types.TracebackType | None) -> types.TracebackType | None:
+    """``tb`` without the ipymem frames it starts with (the engine's, between the catch and the user's code)."""
+    while tb is not None and tb.tb_frame.f_code.co_filename.startswith(_PACKAGE) and tb.tb_next is not None:
+        tb = tb.tb_next
+    return tb
+
+
 def _reraise(error: BaseException | None) -> None:
     __tracebackhide__ = True
     if error is not None:
         try:
-            raise error
+            raise error.with_traceback(_user_traceback(error.__traceback__))
         finally:
             error = None

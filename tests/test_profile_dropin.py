@@ -15,11 +15,14 @@ from __future__ import annotations
 import asyncio
 import inspect
 import io
+import os
 import re
 import runpy
+import signal
 import subprocess
 import sys
 import textwrap
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -775,3 +778,29 @@ def test_code_map_like_memory_profilers(ip):
     line = f.lines[1]
     assert (inc, mem, occ) == (line.increment / MiB, line.mem_after / MiB, 1)
     assert 40 < inc < 56
+
+
+def test_ctrl_c_gives_the_partial_report(python_sigint_handler, capsys):
+    @ipymem.profile
+    def slow():
+        x = [1] * 10  # noqa: F841
+        os.kill(os.getpid(), signal.SIGINT)
+        time.sleep(30)  # the interrupt lands here at the latest
+
+    with pytest.raises(KeyboardInterrupt):
+        slow()
+    assert slow.last_profile.outcome == "interrupted"
+    assert dict(_executed(slow.profile, "slow"))["x = [1] * 10  # noqa: F841"] == 1
+    assert "interrupted" in capsys.readouterr().out
+
+
+def test_the_users_traceback_has_no_engine_frames():
+    @ipymem.profile(quiet=True)
+    def bad():
+        raise LookupError("mine")
+
+    with pytest.raises(LookupError) as info:
+        bad()
+    files = [entry.path for entry in info.traceback]
+    engine_dir = str(Path(ipymem.__file__).parent / "engine")
+    assert not any(str(f).startswith(engine_dir) for f in files), files
