@@ -163,6 +163,25 @@ def _sampling(sampler: engine.Sampler) -> Iterator[Deferred]:
         state.received = held.received
 
 
+def _write_report(path: str, text: str) -> tuple[str | None, bool]:
+    """Write ``text`` to ``path``: (memory_profiler's saved-to line or ``None``, whether Ctrl-C came meanwhile).
+
+    The path was checked before the run; if the write still fails (a full
+    disk, a vanished directory), say so on stderr and return ``None``: the
+    caller then shows the report instead, and the user's exception, if any,
+    stays the one that propagates.  Ctrl-C is held during the write.
+    """
+    line: str | None = None
+    with deferred_interrupts() as held:
+        try:
+            with open(path, "w", encoding="utf-8") as out:
+                out.write(text + "\n")
+            line = f"*** Profile printout saved to text file {path}."
+        except OSError as exc:
+            print(f"%mprun: could not write {path}: {exc}; the report is shown instead", file=sys.stderr)
+    return line, held.received
+
+
 def _without_idle_nested(result: MprunResult, asked: int) -> MprunResult:
     """Drop the nested functions that never ran (the first ``asked`` functions were asked for by -f)."""
     idle = [f.name for f in result.functions[asked:] if f.calls == 0]
@@ -291,23 +310,23 @@ class MemoryMagics(Magics):
             result, error = call_engine(profile, run)
             if result.outcome != "ok":
                 view.note(result.outcome)
+            if nested:
+                result = _without_idle_nested(result, len(targets))
+            saved = None
+            if args.T:  # as memory_profiler: the report to the file, only where it went to the screen
+                saved, interrupted = _write_report(args.T, mprun_text(result, args.precision))
+                if interrupted and error is None:
+                    error = KeyboardInterrupt()
+                if saved and not args.q and getattr(view, "shown", False):
+                    view.close(replace_with={"text/plain": saved})  # the live chart's place takes the line
+                    saved = ""
         if sampling.received and error is None:
             error = KeyboardInterrupt()
         result = dataclasses.replace(result, timeline=sampler.timeline.samples(), calls=tuple(calls[:1000]))
-        if nested:
-            result = _without_idle_nested(result, len(targets))
-        if args.T:  # as memory_profiler: the report goes to the file, only where it went to the screen
-            try:
-                with deferred_interrupts() as held, open(args.T, "w", encoding="utf-8") as out:
-                    out.write(mprun_text(result, args.precision) + "\n")
-            except OSError as exc:  # checked before the run, but the disk can still fill or vanish
-                print(f"%mprun: could not write {args.T}: {exc}; the report is shown instead", file=sys.stderr)
-            else:
-                if not args.q:
-                    print(f"*** Profile printout saved to text file {args.T}.")
-                args["q"] = True
-            if held.received and error is None:
-                error = KeyboardInterrupt()
+        if saved is not None:
+            if saved and not args.q:
+                print(saved)
+            args["q"] = True  # the report is in the file: -o and -v still give the result
         return self._finish(result, error, args, mprun_text, mprun_html)
 
     def _label(self, filename: str) -> str:
