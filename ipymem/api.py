@@ -160,6 +160,7 @@ class _Record:
                 targets,
                 backend=self.backend,
                 statement=_name(self.func) + "(...)",
+                label=_cell_label(),
                 # The heap is read at every line boundary, as memory_profiler did: tracemalloc counts a
                 # buffer when it is allocated, not when its pages are touched, so a fast line can take
                 # megabytes and the time gate (sound for RSS, which grows only as fast as pages fault)
@@ -196,6 +197,17 @@ class _Record:
             stream.write(mprun_text(result, self.precision) + "\n\n")
             with contextlib.suppress(Exception):
                 stream.flush()
+
+
+def _cell_label() -> Callable[[str], str] | None:
+    """In IPython, cells named ``Cell In[N]`` as the magics name them; elsewhere ``None`` (IPython not imported)."""
+    ipython = sys.modules.get("IPython")
+    shell = ipython.get_ipython() if ipython is not None else None
+    if shell is None:
+        return None
+    from .shell import cell_label
+
+    return functools.partial(cell_label, shell)
 
 
 _gate: list[float] = []

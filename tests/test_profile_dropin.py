@@ -804,3 +804,13 @@ def test_the_users_traceback_has_no_engine_frames():
     files = [entry.path for entry in info.traceback]
     engine_dir = str(Path(ipymem.__file__).parent / "engine")
     assert not any(str(f).startswith(engine_dir) for f in files), files
+
+
+def test_decorated_in_a_cell_reports_the_cell(ip, capsys):
+    result = ip.run_cell(
+        "import ipymem\n@ipymem.profile\ndef cellfunc(n):\n"
+        "    data = bytearray(n)\n    return len(data)\ncellfunc(10)\n"
+    )
+    assert result.success, result.error_in_exec
+    out = capsys.readouterr().out
+    assert "Filename: Cell In[1]" in out and "data = bytearray(n)" in out
