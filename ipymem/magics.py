@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import functools
+import sys
 from collections.abc import Iterator
 from typing import Any
 
@@ -18,8 +19,10 @@ from IPython.core.magic import Magics, line_cell_magic, line_magic, magics_class
 from traitlets import Bool, Float, observe
 
 from . import engine
+from .engine.codes import nested_functions, stand_in
 from .engine.interrupts import Deferred, deferred_interrupts
 from .engine.linetrace import code_of, profile_lines
+from .files import writable_file
 from .live import MemWatch, live_view
 from .models import AllocResult, MemitResult, MprunResult
 from .render import alloc_html, alloc_text, memit_html, memit_text, mprun_html, mprun_text
@@ -115,7 +118,12 @@ MPRUN_OPTS = (
     Opt(
         "f", "Profile this function: any expression naming a function or method (repeatable).", "FUNC", repeatable=True
     ),
-    Opt("T", "Also write the text report to FILE.", "FILE"),
+    Opt(
+        "T",
+        "Write the text report to FILE and print only where it went (checked before anything runs).",
+        "FILE",
+        writable_file,
+    ),
     Opt("r", "Return the MprunResult object (memory_profiler's letter; same as -o)."),
     Opt("o", "Return the MprunResult object."),
     Opt("v", "Store the MprunResult in the user namespace under NAME.", "NAME", identifier),
@@ -154,6 +162,40 @@ def _sampling(sampler: engine.Sampler) -> Iterator[Deferred]:
         with deferred_interrupts() as held:
             sampler.stop()
         state.received = held.received
+
+
+def _write_report(path: str, text: str) -> tuple[str | None, bool]:
+    """Write ``text`` to ``path``: (memory_profiler's saved-to line or ``None``, whether Ctrl-C came meanwhile).
+
+    The path was checked before the run; if the write still fails (a full
+    disk, a vanished directory), say so on stderr and return ``None``: the
+    caller then shows the report instead, and the user's exception, if any,
+    stays the one that propagates.  Ctrl-C is held during the write.
+    """
+    line: str | None = None
+    with deferred_interrupts() as held:
+        try:
+            with open(path, "w", encoding="utf-8") as out:
+                out.write(text + "\n")
+            line = f"*** Profile printout saved to text file {path}."
+        except OSError as exc:
+            print(f"%mprun: could not write {path}: {exc}; the report is shown instead", file=sys.stderr)
+    return line, held.received
+
+
+def _without_idle_nested(result: MprunResult, asked: int) -> MprunResult:
+    """Drop the nested functions that never ran (the first ``asked`` functions were asked for by -f)."""
+    idle = [f.name for f in result.functions[asked:] if f.calls == 0]
+    keep = result.functions[:asked] + tuple(f for f in result.functions[asked:] if f.calls)
+    notes = []
+    for note in result.notes:
+        if note.startswith("never called: "):
+            names = [n for n in note[len("never called: ") :].split(", ") if n not in idle]
+            if not names:
+                continue
+            note = "never called: " + ", ".join(names)
+        notes.append(note)
+    return dataclasses.replace(result, functions=keep, notes=tuple(notes))
 
 
 @magics_class
@@ -254,6 +296,14 @@ class MemoryMagics(Magics):
             statement = f"{args.rest}\n{cell}" if args.rest else cell
             require_statement("mprun", statement, MPRUN_OPTS, MPRUN_TAIL)
         targets = [resolve_function(self.shell, "mprun", expr, code_of) for expr in args.f]
+        # As memory_profiler: functions defined inside a profiled one are profiled too (shown if they ran).
+        asked = {code_of(t) for t in targets}
+        nested = [
+            stand_in(code, name)
+            for t in targets
+            for code, name in nested_functions(code_of(t), getattr(t, "__qualname__", None))
+            if code not in asked
+        ]
         run, _ = compile_user_code(self.shell, statement)
         if not targets:  # %%mprun without -f: the cell body itself, line by line
             targets = [run.code]
@@ -269,7 +319,7 @@ class MemoryMagics(Magics):
             profile = functools.partial(
                 profile_lines,
                 run,
-                targets,
+                targets + nested,
                 backend=args.backend,
                 include_children=args.c,
                 statement=statement,
@@ -279,14 +329,23 @@ class MemoryMagics(Magics):
             result, error = call_engine(profile, run)
             if result.outcome != "ok":
                 view.note(result.outcome)
+            if nested:
+                result = _without_idle_nested(result, len(targets))
+            saved = None
+            if args.T:  # as memory_profiler: the report to the file, only where it went to the screen
+                saved, interrupted = _write_report(args.T, mprun_text(result, args.precision))
+                if interrupted and error is None:
+                    error = KeyboardInterrupt()
+                if saved and not args.q and getattr(view, "shown", False):
+                    view.close(replace_with={"text/plain": saved})  # the live chart's place takes the line
+                    saved = ""
         if sampling.received and error is None:
             error = KeyboardInterrupt()
         result = dataclasses.replace(result, timeline=sampler.timeline.samples(), calls=tuple(calls[:1000]))
-        if args.T:
-            with open(args.T, "w", encoding="utf-8") as out:
-                out.write(mprun_text(result, args.precision) + "\n")
-            if not args.q:
-                print(f"*** Profile printout saved to text file {args.T}")
+        if saved is not None:
+            if saved and not args.q:
+                print(saved)
+            args["q"] = True  # the report is in the file: -o and -v still give the result
         return self._finish(result, error, args, mprun_text, mprun_html)
 
     def _label(self, filename: str) -> str:
@@ -454,8 +513,10 @@ class MemoryMagics(Magics):
         Columns: Mem usage (after the line), Increment (net change attributed
         to the line, summed over its occurrences; a function's increments add
         up to its memory at return minus at entry), Peak (the highest memory
-        while the line ran, above its start), Occurrences.  Comprehensions,
-        lambdas and nested functions count on the line that contains them.
+        while the line ran, above its start), Occurrences.  Comprehensions
+        and lambdas count on the line that contains them; functions defined
+        inside a -f function get a table of their own when they ran (as in
+        memory_profiler), and their cost is also in the line that called them.
         Memory is read at line boundaries at most every ~50 µs of run time
         (the books stay exact; peaks come from the kernel's high-water mark),
         so profiled code runs a few times slower, not hundreds.  Only the

@@ -47,17 +47,18 @@ def test_mprun_profiles_a_module_function():
 
 
 def test_profile_decorator_keeps_the_return_value_and_the_last_profile(capsys):
-    profiled = ipymem.profile(build)
+    profiled = ipymem.profile(quiet=True)(build)
     assert profiled.last_profile is None
     assert profiled(1000) == bytearray(10)
     assert profiled.last_profile.functions[0].name == "build"
-    printing = ipymem.profile(print_report=True)(build)
+    assert capsys.readouterr().out == ""
+    printing = ipymem.profile(build)  # memory_profiler's default: the report after each call, on stdout
     printing(1000)
     assert "Line #" in capsys.readouterr().out
 
 
 def test_profile_decorator_reraises():
-    @ipymem.profile
+    @ipymem.profile(quiet=True)
     def bad():
         raise ValueError("x")
 

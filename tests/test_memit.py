@@ -302,3 +302,12 @@ def test_memit_pass_is_cheap(ip):
 def test_top_level_await_in_a_memit_cell(ip):
     r = ip.cell("memit", "-q -o import asyncio", "await asyncio.sleep(0.01)\nafter_await = bytearray(48 * 2**20)\n")
     assert "after_await" in ip.user_ns and r.ok
+
+
+def test_memory_profilers_attribute_names(ip):
+    """memory_profiler's MemitResult attributes, as aliases: mem_usage in MiB per run, the options."""
+    r = ip.line("memit", "-q -o -r 3 -i 0.02 -t 60 x = bytearray(32 * 2**20)")
+    assert r.mem_usage == [run.peak / 2**20 for run in r.runs] and len(r.mem_usage) == 3
+    assert all(isinstance(v, float) for v in r.mem_usage)
+    assert (r.repeat, r.timeout, r.interval, r.include_children) == (3, 60.0, 0.02, False)
+    assert max(r.mem_usage) * 2**20 == r.peak

@@ -467,3 +467,51 @@ def test_result_keeps_the_timeline_and_the_calls_and_plots_them(ip):
     assert all(name == "twice" for _, name, _ in r.calls)
     fig = r.plot()
     assert fig.axes and fig.axes[0].lines
+
+
+def test_T_prints_only_where_the_report_went(ip, tmp_path, capsys):
+    """memory_profiler's -T: the report goes to the file, only the saved-to line to the screen."""
+    define(ip, ALLOC)
+    path = tmp_path / "report.txt"
+    r = ip.line("mprun", f"-o -v kept -T {path} -f alloc alloc(1000)")
+    assert ip.outputs == []  # no table, no HTML: -T keeps long reports out of the notebook
+    assert capsys.readouterr().out.strip() == f"*** Profile printout saved to text file {path}."
+    assert isinstance(r, MprunResult) and ip.user_ns["kept"] is r
+    assert "a = bytearray(n)" in path.read_text()
+
+
+@pytest.mark.parametrize("kind", ["missing directory", "a directory", "unwritable file"])
+def test_T_bad_path_is_refused_before_anything_runs(ip, tmp_path, kind, monkeypatch):
+    define(ip, ALLOC)
+    ip.run_cell("ran = []")
+    if kind == "missing directory":
+        path = tmp_path / "no" / "such" / "out.txt"
+    elif kind == "a directory":
+        path = tmp_path
+    else:
+        path = tmp_path / "locked.txt"
+        path.write_text("")
+        path.chmod(0o444)
+        if os.geteuid() == 0:  # root may write anything: let access() answer as it would for a user
+            real = os.access
+            monkeypatch.setattr(os, "access", lambda p, mode: False if str(p) == str(path) else real(p, mode))
+    with pytest.raises(UsageError, match=r"(?s)-T.*Usage: %mprun"):
+        ip.line("mprun", f"-T {path} -f alloc ran.append(alloc(10))")
+    assert ip.user_ns["ran"] == []  # nothing ran
+    assert ip.outputs == []
+
+
+@pytest.mark.skipif(not os.path.exists("/dev/full"), reason="needs /dev/full")
+def test_T_write_failing_after_the_run_keeps_the_report_and_the_users_exception(ip, capsys):
+    """/dev/full passes every check and fails the write (ENOSPC): the report is shown instead."""
+    define(ip, ALLOC)
+    define(ip, "def boom():\n    alloc(10)\n    raise KeyError('mine')\n")
+    with pytest.raises(KeyError, match="mine"):
+        ip.line("mprun", "-v kept -T /dev/full -f alloc -f boom boom()")
+    (text,) = ip.texts()
+    assert "a = bytearray(n)" in text  # the report, on screen
+    assert ip.user_ns["kept"].outcome == "error"
+    assert "could not write /dev/full" in capsys.readouterr().err
+    ip.clear()
+    r = ip.line("mprun", "-o -T /dev/full -f alloc alloc(10)")
+    assert isinstance(r, MprunResult) and len(ip.texts()) == 1

@@ -37,3 +37,20 @@ def test_kernel_html_cell_name_and_top_level_await():
     assert "data = bytearray(n)" in text
     assert "helper thread" in text  # the kernel's loop was busy: said so
     assert nb.cells[3].outputs[0]["data"]["text/plain"] == str(2**20)
+
+
+def test_T_leaves_only_the_saved_to_line(tmp_path):
+    """memory_profiler's -T in a notebook: the live chart shows while it runs, then only the saved-to line stays."""
+    report = tmp_path / "report.txt"
+    nb = run_notebook(
+        "%load_ext ipymem",
+        "import time\ndef work():\n    data = bytearray(2**20)\n    time.sleep(0.5)\n    return len(data)",
+        f"r = %mprun -r -T {report} -f work work()",
+        "r.function('work').calls",
+    )
+    outputs = nb.cells[2].outputs
+    shown = [o["data"] for o in outputs if o["output_type"] == "display_data"]
+    shown += [{"text/plain": o["text"]} for o in outputs if o["output_type"] == "stream"]
+    assert shown == [{"text/plain": f"*** Profile printout saved to text file {report}."}]
+    assert "data = bytearray(2**20)" in report.read_text()
+    assert nb.cells[3].outputs[0]["data"]["text/plain"] == "1"

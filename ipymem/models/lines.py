@@ -9,11 +9,14 @@ the file (notebook cells included) long after the cell ran.
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from ._comparable import Comparable
 from .memit import Sample
+
+MiB = 2**20
 
 #: Metric names by backend, for headers and notes.
 METRICS = {"rss": "RSS", "heap": "Python heap"}
@@ -147,6 +150,33 @@ class MprunResult(Comparable):
         values = [f.peak for f in self.functions if f.peak is not None]
         return max(values) if values else None
 
+    # -- memory_profiler compatibility -----------------------------------
+    @property
+    def code_map(self) -> dict[tuple[str, int, str], dict[int, tuple[float, float, int] | None]]:
+        """memory_profiler's ``LineProfiler.code_map``, by function: ``{line: (increment, mem_usage, occurrences)}``.
+
+        A compatibility alias for notebooks written against memory_profiler
+        (``%mprun -r`` returned its ``LineProfiler``).  Keys are
+        ``(filename, first line, function name)`` (memory_profiler keyed by
+        code object); values are in MiB of this result's metric, as
+        memory_profiler's were, in its order (increment, memory after the
+        line, occurrences), and ``None`` for a line that never ran.  ipymem's
+        own per-line figures are :attr:`functions` ``[i].lines``.
+        """
+        out: dict[tuple[str, int, str], dict[int, tuple[float, float, int] | None]] = {}
+        for f in self.functions:
+            out[(f.filename, f.firstlineno, f.name)] = {
+                line.lineno: (
+                    (line.increment or 0) / MiB,
+                    (line.mem_after or 0) / MiB,
+                    line.occurrences,
+                )
+                if line.executed
+                else None
+                for line in f.lines
+            }
+        return out
+
     def function(self, name: str) -> FunctionProfile:
         """The profile of the function called ``name`` (its qualified or plain name)."""
         for f in self.functions:
@@ -186,3 +216,103 @@ class MprunResult(Comparable):
         from ..render.lines import mprun_html
 
         return mprun_html(self)
+
+
+def _merge_lines(a: LineStats, b: LineStats) -> LineStats:
+    if not b.executed:
+        return a
+    if not a.executed:
+        return b
+    return LineStats(
+        lineno=a.lineno,
+        source=a.source,
+        occurrences=a.occurrences + b.occurrences,
+        mem_after=b.mem_after,
+        increment=(a.increment or 0) + (b.increment or 0),
+        peak=max(a.peak or 0, b.peak or 0),
+    )
+
+
+def _merge_functions(a: FunctionProfile, b: FunctionProfile) -> FunctionProfile:
+    by_line = {line.lineno: line for line in a.lines}
+    for line in b.lines:
+        by_line[line.lineno] = _merge_lines(by_line[line.lineno], line) if line.lineno in by_line else line
+    peaks = [p for p in (a.peak, b.peak) if p is not None]
+    return dataclasses.replace(
+        a,
+        lines=tuple(by_line[n] for n in sorted(by_line)),
+        calls=a.calls + b.calls,
+        peak=max(peaks) if peaks else None,
+    )
+
+
+def function_key(f: FunctionProfile) -> tuple[str, int, str]:
+    """What identifies a profiled function across results: file, first line, qualified name."""
+    return (f.filename, f.firstlineno, f.name)
+
+
+def merge_results(results: Sequence[MprunResult], statement: str | None = None) -> MprunResult:
+    """One :class:`MprunResult` for several runs of the same functions (``@profile`` over calls).
+
+    Per line, occurrences and increments add up (so a function's increments
+    still sum to its net change, over all the runs), the peak is the worst
+    run's, and "memory after" is the latest run's that executed the line.
+    Functions appear in the order first seen.  The outcome is the last
+    non-``"ok"`` run's (with a note saying how many runs did not finish),
+    else ``"ok"``.  Timelines and call marks are per run and are not merged.
+    """
+    if not results:
+        raise ValueError("nothing to merge")
+    merged: dict[tuple[str, int, str], FunctionProfile] = {}
+    notes: list[str] = []
+    for r in results:
+        for f in r.functions:
+            key = function_key(f)
+            merged[key] = _merge_functions(merged[key], f) if key in merged else f
+        for n in r.notes:
+            if n not in notes and not n.startswith("never called"):
+                notes.append(n)
+    never = [f.name for f in merged.values() if f.calls == 0]
+    if never:
+        notes.append("never called: " + ", ".join(never))
+    failed = [r for r in results if r.outcome != "ok"]
+    outcome, error = ("ok", None) if not failed else (failed[-1].outcome, failed[-1].error)
+    if failed and len(results) > 1:
+        notes.append(f"{len(failed)} of {len(results)} runs did not finish ({outcome}): their figures cover what ran")
+    first = results[0]
+    return dataclasses.replace(
+        first,
+        functions=tuple(merged.values()),
+        statement=first.statement if statement is None else statement,
+        duration=sum(r.duration for r in results),
+        readings=sum(r.readings for r in results),
+        outcome=outcome,
+        error=error,
+        notes=tuple(notes),
+        timeline=(),
+        calls=(),
+    )
+
+
+def merge_steps(steps: Sequence[MprunResult]) -> MprunResult:
+    """One call of a generator or coroutine from the profiles of its resumptions, in order.
+
+    Like :func:`merge_results`, except that each function's peak is taken
+    above the call's entry rather than above each resumption's: a
+    resumption's peak is raised by what the function had gained in the
+    resumptions before it.  (What happened while it was suspended belongs to
+    other code and is in neither its increments nor its peak.)
+    """
+    gained: dict[tuple[str, int, str], int] = {}
+    shifted = []
+    for r in steps:
+        functions = []
+        for f in r.functions:
+            key = function_key(f)
+            before = gained.get(key, 0)
+            if f.peak is not None and before:
+                f = dataclasses.replace(f, peak=f.peak + before)
+            gained[key] = before + f.increment
+            functions.append(f)
+        shifted.append(dataclasses.replace(r, functions=tuple(functions)))
+    return merge_results(shifted)

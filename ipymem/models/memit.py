@@ -148,6 +148,36 @@ class MemitResult(Comparable):
     def ok(self) -> bool:
         return self.outcome == "ok"
 
+    # -- memory_profiler compatibility -----------------------------------
+    # memory_profiler's ``%memit -o`` returned an object with these attributes; notebooks read
+    # them.  They are aliases of ipymem's own fields, in memory_profiler's units.  Its
+    # ``baseline`` (MiB) is the one name ipymem already uses differently: here it is bytes,
+    # like every other memory figure (``r.baseline / 2**20`` is memory_profiler's value).
+    @property
+    def mem_usage(self) -> list[float]:
+        """memory_profiler's ``mem_usage``: the peak RSS of each run, in MiB (ipymem: ``[r.peak for r in runs]``)."""
+        return [r.peak / 2**20 for r in self.runs]
+
+    @property
+    def repeat(self) -> int:
+        """memory_profiler's ``repeat``: the runs asked for (``params.repeat``; ``len(runs)`` ran)."""
+        return self.params.repeat
+
+    @property
+    def timeout(self) -> float | None:
+        """memory_profiler's ``timeout`` in seconds (``params.timeout``)."""
+        return self.params.timeout
+
+    @property
+    def interval(self) -> float:
+        """memory_profiler's ``interval``: the sampling interval in seconds (``params.interval``)."""
+        return self.params.interval
+
+    @property
+    def include_children(self) -> bool:
+        """memory_profiler's ``include_children`` (``params.include_children``)."""
+        return self.params.include_children
+
     # -- export -----------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:
         """Plain dict (JSON-serialisable) with the stored fields and the main derived figures."""
