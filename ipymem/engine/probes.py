@@ -189,8 +189,10 @@ class ProcfsProbe(_BaseProbe):
         self.can_reset_peak = False
 
     def __del__(self) -> None:
-        with contextlib.suppress(Exception):
+        try:  # at interpreter exit, module globals (contextlib, os) may already be gone
             self.close()
+        except Exception:
+            pass
 
 
 class PsutilProbe(_BaseProbe):
