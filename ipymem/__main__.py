@@ -259,7 +259,7 @@ def _lines(options: argparse.Namespace) -> int:
 
 def _timeline(options: argparse.Namespace) -> int:
     from . import engine
-    from .live.chart import Marker, plot_timeline
+    from .render.chart import Marker, memit_peak, plot_timeline
     from .render.memit import memit_text
 
     sampler = engine.Sampler(
@@ -280,12 +280,10 @@ def _timeline(options: argparse.Namespace) -> int:
         out.write(memit_text(result) + "\n")
     if options.plot:
         samples = result.timeline
-        when = max(samples, key=lambda s: s.rss).t if samples else 0.0
-        how = "exact" if result.exact else "sampled, at least"
         markers = [Marker(*m) for m in profile.marks[:1000]]
-        markers.append(Marker(when, f"peak {result.peak / 2**20:,.1f} MiB ({how})", "point"))
         title = f"python -m ipymem --timeline · {os.path.basename(options.script)} · RSS"
-        figure = plot_timeline(samples, markers=markers, title=title)
+        end = samples[-1].t if samples else None
+        figure = plot_timeline(samples, markers=markers, title=title, peak=memit_peak(result), end=end)
         try:
             figure.savefig(options.plot)
         except OSError as exc:

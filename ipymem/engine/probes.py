@@ -192,7 +192,7 @@ class ProcfsProbe(_BaseProbe):
         try:  # at interpreter exit, module globals (contextlib, os) may already be gone
             self.close()
         except Exception:
-            pass
+            return
 
 
 class PsutilProbe(_BaseProbe):
