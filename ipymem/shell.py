@@ -14,8 +14,11 @@ from __future__ import annotations
 
 import ast
 import asyncio
+import builtins
 import dataclasses
 import getopt
+import keyword
+import re
 import sys
 import textwrap
 import threading
@@ -81,8 +84,45 @@ def positive_float(text: str) -> float:
 
 
 def identifier(text: str) -> str:
-    if not text.isidentifier():
+    if not text.isidentifier() or keyword.iskeyword(text):
         raise ValueError(f"expected a Python identifier, got {text!r}")
+    return text
+
+
+#: Names IPython keeps in the user namespace for itself: storing a result there breaks the session
+#: (``-v get_ipython`` breaks every later magic, ``-v Out`` the output history).
+SHELL_NAMES = frozenset(
+    [
+        "get_ipython",
+        "exit",
+        "quit",
+        "In",
+        "Out",
+        "_",
+        "__",
+        "___",
+        "_i",
+        "_ii",
+        "_iii",
+        "_ih",
+        "_oh",
+        "_dh",
+        "_sh",
+        "display",
+        "__builtins__",
+        "__name__",
+    ]
+)
+_HISTORY_NAME = re.compile(r"_i?\d+")  # _5, _i5: IPython's output and input history
+
+
+def store_name(text: str) -> str:
+    """A ``-v NAME``: a Python identifier that IPython itself and Python's builtins do not need."""
+    text = identifier(text)
+    if text in SHELL_NAMES or _HISTORY_NAME.fullmatch(text):
+        raise ValueError(f"{text!r} is a name IPython itself uses; choose another")
+    if text in dir(builtins):
+        raise ValueError(f"{text!r} is a Python builtin the session relies on; choose another")
     return text
 
 

@@ -130,8 +130,27 @@ class WidgetFrontend:
             if self.handle is not None:
                 self.handle.update(data, raw=True)
         finally:
-            for widget in (self.label, self.image, self.box):
-                widget.close()
+            close_widgets(self.box)
+
+
+def close_widgets(widget: Any) -> None:
+    """Close ``widget``, its children and the ``layout`` and ``style`` models each one has.
+
+    ``Widget.close()`` closes only that model: a VBox of an HTML and an Image is
+    seven models, and the four layouts and styles left open stay alive in the
+    kernel and are saved in the notebook's widget state.
+    """
+    import ipywidgets as w
+
+    stack, seen = [widget], set()
+    while stack:
+        model = stack.pop()
+        if not isinstance(model, w.Widget) or id(model) in seen:
+            continue
+        seen.add(id(model))
+        stack.extend(getattr(model, "children", ()))
+        stack.extend(getattr(model, name, None) for name in ("layout", "style"))
+        model.close()
 
 
 class NullView:

@@ -1,0 +1,151 @@
+"""Session safety in one process: names IPython needs, %memwatch's confirmations, the threading hook,
+monitoring tool ids, and other profilers and debuggers inside and around the magics."""
+
+from __future__ import annotations
+
+import sys
+import threading
+
+import pytest
+from IPython.core.error import UsageError
+
+from ipymem.engine.linetrace import _ThreadWatch
+
+HAS_MONITORING = hasattr(sys, "monitoring")
+
+
+@pytest.mark.parametrize("magic", ["memit", "memtrace", "mprun"])
+@pytest.mark.parametrize(
+    "name",
+    [
+        "get_ipython",
+        "exit",
+        "quit",
+        "In",
+        "Out",
+        "_",
+        "__",
+        "___",
+        "_i",
+        "_ii",
+        "_i3",
+        "_12",
+        "_oh",
+        "_ih",
+        "_dh",
+        "print",
+        "len",
+        "display",
+        "for",
+    ],
+)
+def test_v_refuses_names_ipython_needs_and_runs_nothing(ip, magic, name):
+    ip.user_ns["ran"] = 0
+    before = ip.user_ns.get(name, "absent")
+    with pytest.raises(UsageError, match=r"-v.*\n.*Usage: %" + magic):
+        ip.line(magic, f"-v {name} -f str ran = 1" if magic == "mprun" else f"-v {name} ran = 1")
+    assert ip.user_ns["ran"] == 0
+    assert ip.user_ns.get(name, "absent") is before
+
+
+def test_v_still_stores_under_an_ordinary_name(ip):
+    ip.line("memit", "-q -v kept x = 1")
+    assert type(ip.user_ns["kept"]).__name__ == "MemitResult"
+    ip.run_cell("%memit -q x = 2")  # later magics still work
+    assert callable(ip.user_ns["get_ipython"])
+
+
+def test_memwatch_on_and_off_confirm_in_one_line(ip, capsys):
+    ip.line("memwatch", "on")
+    ip.line("memwatch", "on")
+    ip.line("memwatch", "off")
+    ip.line("memwatch", "off")
+    lines = capsys.readouterr().out.splitlines()
+    assert len(lines) == 4
+    assert lines[0].startswith("memwatch on: ") and "RSS" in lines[0]
+    assert lines[1:] == ["memwatch is already on", "memwatch off", "memwatch is already off"]
+
+
+def test_memwatch_off_in_a_watched_cell_puts_its_line_where_the_view_was(ip):
+    from ipymem.live.watch import MemWatch
+    from tests.test_live import FakeFrontend
+
+    fe = FakeFrontend()
+    watch = MemWatch(ip.ip, live=True, refresh=0.02, frontend=lambda: fe)
+    watch.on()
+    watch.pre_run_cell()  # the `%memwatch off` cell itself is watched
+    assert watch.off(say="memwatch off") is True
+    assert fe.finished == [{"text/plain": "memwatch off"}]  # no empty output left behind
+
+
+def _hook():
+    return getattr(threading, "_profile_hook", None)
+
+
+def test_overlapping_thread_watches_restore_the_hook_in_any_order():
+    def mine(frame, event, arg):
+        return None
+
+    for first_out in (0, 1):
+        for before in (None, mine):
+            threading.setprofile(before)
+            try:
+                a, b = _ThreadWatch(), _ThreadWatch()
+                a.__enter__()
+                b.__enter__()
+                t = threading.Thread(target=lambda: None)
+                t.start()
+                t.join()
+                assert (a.started, b.started) == (1, 1)  # one hook counts for every watch
+                (a if first_out == 0 else b).__exit__()
+                assert _hook() is not before  # the other watch is still counting
+                (b if first_out == 0 else a).__exit__()
+                assert _hook() is before
+            finally:
+                threading.setprofile(None)
+
+
+def test_decorated_calls_in_threads_overlapping_mprun_leave_no_threading_hook(ip):
+    """The issue's case: ``@ipymem.profile`` in several threads, a ``%mprun`` overlapping them."""
+    import ipymem
+
+    release = threading.Event()
+    entered = threading.Barrier(4)
+
+    @ipymem.profile
+    def worker():
+        entered.wait(30)
+        release.wait(30)
+        return bytearray(1000)
+
+    threads = [threading.Thread(target=worker) for _ in range(3)]
+    for t in threads:
+        t.start()
+    entered.wait(30)  # all three are inside the profiler
+    ip.user_ns.update(release=release)
+    ip.run_cell("def f():\n    release.set()\n    return 1\n")
+    ip.line("mprun", "-q -f f f()")  # ends while the threads' profiles may still run
+    for t in threads:
+        t.join(30)
+    assert _hook() is None
+
+
+@pytest.mark.skipif(not HAS_MONITORING, reason="sys.monitoring needs Python 3.12+")
+def test_mprun_takes_a_general_purpose_tool_id_and_never_a_standard_ones(ip):
+    mon = sys.monitoring
+    ip.run_cell("import sys\ndef f():\n    global seen\n    seen = [sys.monitoring.get_tool(i) for i in range(6)]\n")
+    ip.line("mprun", "-q -f f f()")
+    assert ip.user_ns["seen"] == [None, None, None, "ipymem", None, None]
+    taken = []
+    try:
+        for i in (3, 4, 5):
+            if mon.get_tool(i) is None:
+                mon.use_tool_id(i, "someone")
+                taken.append(i)
+        r = ip.line("mprun", "-q -o -f f f()")
+        assert ip.user_ns["seen"][:3] == [None, None, None]  # debugger, coverage, profiler ids left free
+        assert r.params.tracer == "sys.settrace"
+        assert any("fell back to sys.settrace" in n for n in r.notes)
+    finally:
+        for i in taken:
+            mon.free_tool_id(i)
