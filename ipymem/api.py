@@ -95,9 +95,15 @@ def profile(func: F | None = None, /, *, backend: str = "rss", print_report: boo
     def decorate(f: F) -> F:
         @functools.wraps(f)
         def wrapper(*args: Any, **kwargs: Any) -> Any:
+            __tracebackhide__ = True  # no ipymem frame in the user's traceback (IPython, pytest)
             out: list[Any] = []
+
+            def call() -> None:
+                __tracebackhide__ = True
+                out.append(f(*args, **kwargs))
+
             result, error = engine.profile_lines(
-                lambda: out.append(f(*args, **kwargs)),
+                call,
                 [f],
                 backend=backend,
                 statement=f"{_name(f)}(...)",
@@ -144,6 +150,7 @@ def _name(func: Callable[..., Any]) -> str:
 
 
 def _reraise(error: BaseException | None) -> None:
+    __tracebackhide__ = True
     if error is not None:
         try:
             raise error

@@ -18,7 +18,9 @@ import builtins
 import dataclasses
 import getopt
 import keyword
+import os
 import re
+import selectors
 import sys
 import textwrap
 import threading
@@ -26,6 +28,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from IPython.core import async_helpers
 from IPython.core.error import UsageError
 
 
@@ -242,11 +245,9 @@ def compile_user_code(shell: Any, source: str) -> tuple[Callable[[], None], str]
     anything is measured.  ``run.code`` is the compiled code object (``%%mprun``
     profiles it).
 
-    Top-level ``await`` works as in a cell: without a running event loop
-    (terminal IPython) the coroutine runs on IPython's loop runner in this
-    thread; under a kernel, whose loop is busy running this very cell, it
-    must run on a fresh loop in a helper thread, and ``run.in_thread`` says so
-    (see :func:`call_engine`).
+    Top-level ``await`` works as in a cell, on the loop a cell would use (see
+    :func:`run_awaitable`), so tasks, events and queues made by earlier cells
+    keep working.
     """
     if not source.endswith("\n"):
         source += "\n"  # IPython's transformers expect whole lines
@@ -264,24 +265,22 @@ def compile_user_code(shell: Any, source: str) -> tuple[Callable[[], None], str]
             raise
         flags = shell.compile.flags | ast.PyCF_ALLOW_TOP_LEVEL_AWAIT
         code = compile(tree, filename, "exec", flags=flags, dont_inherit=True)
-        try:
-            asyncio.get_running_loop()
-            busy = True
-        except RuntimeError:
-            busy = False
+        loop = _running_loop()
+        # A running loop that cannot be driven from here (not asyncio's own, e.g. uvloop): see call_engine.
+        in_thread = loop is not None and not hasattr(loop, "_run_once")
 
         def run() -> None:
             __tracebackhide__ = True
             coro = eval(code, user_global_ns, user_ns)
             if coro is None:  # nothing was awaited after all
                 return
-            if busy:
+            if in_thread:
                 asyncio.run(coro)
             else:
-                shell.loop_runner(coro)
+                run_awaitable(shell, coro)
 
         run.code = code  # type: ignore[attr-defined]
-        run.in_thread = busy  # type: ignore[attr-defined]
+        run.in_thread = in_thread  # type: ignore[attr-defined]
         return run, filename
 
     def run() -> None:
@@ -293,14 +292,101 @@ def compile_user_code(shell: Any, source: str) -> tuple[Callable[[], None], str]
     return run, filename
 
 
-def call_engine(measure: Callable[[], tuple[Any, BaseException | None]], run: Any) -> tuple[Any, BaseException | None]:
-    """``measure()``, or, for top-level ``await`` under a busy kernel loop, ``measure()`` in a helper thread.
+def _running_loop() -> asyncio.AbstractEventLoop | None:
+    try:
+        return asyncio.get_running_loop()
+    except RuntimeError:
+        return None
 
-    The helper thread (``ipymem-async``) runs the whole measurement, so a
-    per-thread tracer sees the user's code; the result gains a note saying so.
+
+#: How long a task cancelled by Ctrl-C gets to finish its cleanup (``finally``, ``except CancelledError``)
+#: before the magic reports and re-raises; it stays on the loop and ends there if it takes longer.
+CANCEL_GRACE = 2.0
+
+
+def run_awaitable(shell: Any, coro: Any) -> Any:
+    """Run the coroutine of a cell's top-level ``await`` to its end, on the loop IPython's autoawait uses.
+
+    Terminal IPython (no loop running): IPython's own loop runner, the
+    persistent loop its async cells run on.  Under ipykernel the kernel's
+    loop is running, and it is running this very cell: a magic is a
+    synchronous call inside it (``%memit await x`` is
+    ``get_ipython().run_line_magic(...)``, which IPython does not see as
+    async).  So the coroutine becomes a task on that loop, and this function
+    turns the loop's crank (``_run_once``) until the task is done, with the
+    kernel's task for this cell set aside meanwhile (asyncio allows one
+    current task per loop).  The loop runs everything it would run while an
+    async cell awaits: tasks and timers of earlier cells, comm messages;
+    new cells wait, as they do for any running cell.  The measurement
+    around the call therefore covers exactly the awaited work, in this thread.
+
+    Ctrl-C (KeyboardInterrupt in this thread) cancels the task, gives its
+    cleanup up to :data:`CANCEL_GRACE` seconds, and propagates.
+    """
+    __tracebackhide__ = True
+    loop = _running_loop()
+    if loop is None:
+        try:
+            return shell.loop_runner(coro)
+        except BaseException as exc:  # the runner's and asyncio's frames are not the user's
+            raise exc.with_traceback(_without_asyncio(exc.__traceback__.tb_next)) from None
+    from asyncio import tasks
+
+    from .engine.interrupts import deferred_interrupts
+
+    task = loop.create_task(coro)
+    outer = tasks.current_task(loop)
+    if outer is not None:
+        tasks._leave_task(loop, outer)
+    try:
+        try:
+            while not task.done():
+                loop._run_once()  # type: ignore[attr-defined]
+        except BaseException as exc:
+            if not task.done():
+                task.cancel()
+                with deferred_interrupts():
+                    _settle(loop, task, CANCEL_GRACE)
+            if task.done() and not task.cancelled():
+                task.exception()  # retrieved: no "exception was never retrieved" log later
+            # The user's frames stay; the loop's own (where Ctrl-C landed while it waited) go.
+            raise exc.with_traceback(_without_asyncio(exc.__traceback__.tb_next)) from None  # past this frame
+    finally:
+        if outer is not None:
+            tasks._enter_task(loop, outer)
+    return task.result()
+
+
+_ASYNCIO_FILES = (os.path.dirname(asyncio.__file__) + os.sep, selectors.__file__, async_helpers.__file__)
+
+
+def _without_asyncio(tb: Any) -> Any:
+    """``tb`` without its leading frames in asyncio, selectors or IPython's loop runner (not the user's code)."""
+    while tb is not None and tb.tb_frame.f_code.co_filename.startswith(_ASYNCIO_FILES):
+        tb = tb.tb_next
+    return tb
+
+
+def _settle(loop: Any, task: Any, grace: float) -> None:
+    deadline = loop.time() + grace
+    wake = loop.call_at(deadline, lambda: None)  # select() returns by the deadline however idle the loop is
+    try:
+        while not task.done() and loop.time() < deadline:
+            loop._run_once()
+    finally:
+        wake.cancel()
+
+
+def call_engine(measure: Callable[[], tuple[Any, BaseException | None]], run: Any) -> tuple[Any, BaseException | None]:
+    """``measure()``; for top-level ``await`` under a running loop ipymem cannot drive, in a helper thread.
+
+    That last case (a loop that is not asyncio's own, such as uvloop) runs
+    the whole measurement in a helper thread (``ipymem-async``) on a fresh
+    loop, so a per-thread tracer sees the user's code; the result says so.
     """
     if not getattr(run, "in_thread", False):
         return measure()
+
     out: list[Any] = []
     thread = threading.Thread(target=lambda: out.append(measure()), name="ipymem-async", daemon=True)
     thread.start()
@@ -308,7 +394,7 @@ def call_engine(measure: Callable[[], tuple[Any, BaseException | None]], run: An
     if not out:
         raise RuntimeError("ipymem: the measuring thread failed")
     result, error = out[0]
-    note = "top-level await ran on a fresh event loop in a helper thread (the kernel's loop is running this cell)"
+    note = "top-level await ran on a fresh event loop in a helper thread (the kernel's loop is not asyncio's own)"
     return dataclasses.replace(result, notes=(*result.notes, note)), error
 
 

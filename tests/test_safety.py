@@ -3,6 +3,7 @@ monitoring tool ids, and other profilers and debuggers inside and around the mag
 
 from __future__ import annotations
 
+import re
 import sys
 import threading
 
@@ -149,3 +150,78 @@ def test_mprun_takes_a_general_purpose_tool_id_and_never_a_standard_ones(ip):
     finally:
         for i in taken:
             mon.free_tool_id(i)
+
+
+# -- tracebacks as a user sees them ------------------------------------------------------
+
+BOOM = """\
+import asyncio
+def boom():
+    raise ValueError("boom from the user")
+async def aboom():
+    await asyncio.sleep(0)
+    raise ValueError("boom from the user")
+"""
+
+ANSI = re.compile(r"\x1b\[[0-9;]*m")
+
+
+def _shown_traceback(ip, capsys, cell: str) -> str:
+    capsys.readouterr()
+    result = ip.run_cell(cell)
+    assert result.error_in_exec is not None
+    return ANSI.sub("", capsys.readouterr().out)
+
+
+def _assert_clean(text: str, error: str) -> None:
+    assert error in text, text
+    frames = [ln for ln in text.splitlines() if ln.startswith(("File ", "Cell In"))]
+    assert frames, text
+    for name in ("ipymem", "asyncio", "selectors.py", "async_helpers"):
+        assert not any(name in ln for ln in frames), f"{name} frame in the traceback:\n{text}"
+
+
+@pytest.mark.parametrize(
+    "cell",
+    [
+        "%memit boom()",
+        "%%memit\nboom()",
+        "%memtrace boom()",
+        "%%memtrace\nboom()",
+        "%mprun -f boom boom()",
+        "%%mprun\nboom()",
+        "%%mprun -f boom\nboom()",
+        "%memit await aboom()",
+        "%memtrace await aboom()",
+        "%%mprun -f aboom\nawait aboom()",
+    ],
+)
+def test_user_traceback_has_no_ipymem_frame(ip, capsys, cell):
+    ip.run_cell(BOOM)
+    text = _shown_traceback(ip, capsys, cell)
+    _assert_clean(text, "ValueError: boom from the user")
+    assert 'raise ValueError("boom from the user")' in text  # down to the user's own line
+
+
+def test_memwatch_cell_traceback_has_no_ipymem_frame(ip, capsys):
+    ip.run_cell(BOOM)
+    ip.line("memwatch", "on")
+    try:
+        _assert_clean(_shown_traceback(ip, capsys, "boom()"), "ValueError: boom from the user")
+    finally:
+        ip.line("memwatch", "off")
+
+
+def test_decorator_traceback_has_no_ipymem_frame(ip, capsys):
+    ip.run_cell(BOOM + "import ipymem\nprofiled = ipymem.profile(boom)\n")
+    text = _shown_traceback(ip, capsys, "profiled()")
+    _assert_clean(text, "ValueError: boom from the user")
+    assert 'raise ValueError("boom from the user")' in text
+
+
+@pytest.mark.parametrize("magic", ["memit", "memtrace", "mprun -f wait"])
+def test_interrupt_traceback_has_no_ipymem_frame(ip, capsys, python_sigint_handler, magic):
+    ip.run_cell("import os, signal, time\ndef wait():\n    os.kill(os.getpid(), signal.SIGINT)\n    time.sleep(30)\n")
+    text = _shown_traceback(ip, capsys, f"%{magic} wait()")
+    _assert_clean(text, "KeyboardInterrupt")
+    assert "time.sleep(30)" in text

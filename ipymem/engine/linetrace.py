@@ -900,6 +900,7 @@ def profile_lines(
     (KeyboardInterrupt included) or ``None``; the caller re-raises it after
     showing ``result``.
     """
+    __tracebackhide__ = True  # the user's traceback runs from their cell to their code (IPython, pytest)
     codes: dict[CodeType, str] = {}
     for target in targets:
         code, qualname = _resolve(target)
