@@ -24,6 +24,7 @@ import selectors
 import sys
 import textwrap
 import threading
+import types
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -307,9 +308,9 @@ CANCEL_GRACE = 2.0
 def run_awaitable(shell: Any, coro: Any) -> Any:
     """Run the coroutine of a cell's top-level ``await`` to its end, on the loop IPython's autoawait uses.
 
-    Terminal IPython (no loop running): IPython's own loop runner, the
-    persistent loop its async cells run on.  Under ipykernel the kernel's
-    loop is running, and it is running this very cell: a magic is a
+    Terminal IPython (no loop running while a cell runs): IPython's own
+    persistent loop, the one its async cells run on.  Under ipykernel the
+    kernel's loop is running, and it is running this very cell: a magic is a
     synchronous call inside it (``%memit await x`` is
     ``get_ipython().run_line_magic(...)``, which IPython does not see as
     async).  So the coroutine becomes a task on that loop, and this function
@@ -321,53 +322,67 @@ def run_awaitable(shell: Any, coro: Any) -> Any:
     around the call therefore covers exactly the awaited work, in this thread.
 
     Ctrl-C (KeyboardInterrupt in this thread) cancels the task, gives its
-    cleanup up to :data:`CANCEL_GRACE` seconds, and propagates.
+    cleanup up to :data:`CANCEL_GRACE` seconds, and propagates with a
+    traceback that ends where the user's code was waiting.  Another runner
+    (``%autoawait trio``) is IPython's business: it gets the coroutine.
     """
     __tracebackhide__ = True
     loop = _running_loop()
+    running = loop is not None
     if loop is None:
-        try:
+        if shell.loop_runner is not async_helpers._asyncio_runner:
             return shell.loop_runner(coro)
-        except BaseException as exc:  # the runner's and asyncio's frames are not the user's
-            raise exc.with_traceback(_without_asyncio(exc.__traceback__.tb_next)) from None
+        loop = async_helpers.get_asyncio_loop()
     from asyncio import tasks
 
     from .engine.interrupts import deferred_interrupts
 
     task = loop.create_task(coro)
-    outer = tasks.current_task(loop)
+    outer = tasks.current_task(loop) if running else None
     if outer is not None:
         tasks._leave_task(loop, outer)
     try:
         try:
-            while not task.done():
-                loop._run_once()  # type: ignore[attr-defined]
+            _until_done(loop, task, running)
         except BaseException as exc:
             if not task.done():
                 task.cancel()
                 with deferred_interrupts():
-                    _settle(loop, task, CANCEL_GRACE)
-            if task.done() and not task.cancelled():
+                    _until_done(loop, task, running, grace=CANCEL_GRACE)
+            tb = exc.__traceback__
+            if task.cancelled():
+                try:
+                    task.result()
+                except asyncio.CancelledError as cancelled:
+                    # The one raised where the user's code waited: this one (3.11+) or its context (3.10).
+                    for candidate in (cancelled, cancelled.__context__):
+                        if isinstance(candidate, asyncio.CancelledError) and _user_frames(candidate.__traceback__):
+                            tb = candidate.__traceback__
+                            break
+            elif task.done():
                 task.exception()  # retrieved: no "exception was never retrieved" log later
-            # The user's frames stay; the loop's own (where Ctrl-C landed while it waited) go.
-            raise exc.with_traceback(_without_asyncio(exc.__traceback__.tb_next)) from None  # past this frame
+            raise exc.with_traceback(_user_frames(tb)) from None
     finally:
         if outer is not None:
             tasks._enter_task(loop, outer)
-    return task.result()
+    try:
+        return task.result()
+    except BaseException as exc:
+        raise exc.with_traceback(_user_frames(exc.__traceback__)) from None
 
 
-_ASYNCIO_FILES = (os.path.dirname(asyncio.__file__) + os.sep, selectors.__file__, async_helpers.__file__)
-
-
-def _without_asyncio(tb: Any) -> Any:
-    """``tb`` without its leading frames in asyncio, selectors or IPython's loop runner (not the user's code)."""
-    while tb is not None and tb.tb_frame.f_code.co_filename.startswith(_ASYNCIO_FILES):
-        tb = tb.tb_next
-    return tb
-
-
-def _settle(loop: Any, task: Any, grace: float) -> None:
+def _until_done(loop: Any, task: Any, running: bool, grace: float | None = None) -> None:
+    """Turn ``loop`` until ``task`` is done (or, with ``grace``, at most that many seconds)."""
+    if not running:  # a loop at rest (terminal IPython between cells): run it, as IPython's runner does
+        if grace is None:
+            loop.run_until_complete(task)
+        else:
+            loop.run_until_complete(asyncio.wait([task], timeout=grace))
+        return
+    if grace is None:
+        while not task.done():
+            loop._run_once()
+        return
     deadline = loop.time() + grace
     wake = loop.call_at(deadline, lambda: None)  # select() returns by the deadline however idle the loop is
     try:
@@ -375,6 +390,32 @@ def _settle(loop: Any, task: Any, grace: float) -> None:
             loop._run_once()
     finally:
         wake.cancel()
+
+
+_MACHINERY = (
+    os.path.dirname(asyncio.__file__) + os.sep,
+    selectors.__file__,
+    async_helpers.__file__,
+    os.path.dirname(os.path.abspath(__file__)) + os.sep,  # ipymem itself
+)
+
+
+def _user_frames(tb: Any) -> Any:
+    """``tb`` with only the user's frames: none of asyncio's, selectors', IPython's loop runner's or ipymem's.
+
+    IPython hides frames marked ``__tracebackhide__`` except the last one,
+    so when Ctrl-C lands in the loop's ``select()``, the traceback must end
+    at the user's ``await``, not in the machinery that was waiting for it.
+    """
+    kept = []
+    while tb is not None:
+        if not tb.tb_frame.f_code.co_filename.startswith(_MACHINERY):
+            kept.append(tb)
+        tb = tb.tb_next
+    out = None
+    for entry in reversed(kept):
+        out = types.TracebackType(out, entry.tb_frame, entry.tb_lasti, entry.tb_lineno)
+    return out
 
 
 def call_engine(measure: Callable[[], tuple[Any, BaseException | None]], run: Any) -> tuple[Any, BaseException | None]:

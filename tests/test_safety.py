@@ -225,3 +225,96 @@ def test_interrupt_traceback_has_no_ipymem_frame(ip, capsys, python_sigint_handl
     text = _shown_traceback(ip, capsys, f"%{magic} wait()")
     _assert_clean(text, "KeyboardInterrupt")
     assert "time.sleep(30)" in text
+
+
+# -- top-level await on the loop a cell would use ----------------------------------------------
+
+MiB = 2**20
+
+EARLIER = """\
+import asyncio
+async def produce(n):
+    await asyncio.sleep(0.05)
+    return bytearray(n)
+async def feed(q, n):
+    for _ in range(3):
+        await asyncio.sleep(0.02)
+        await q.put(bytearray(n))
+"""
+
+AWAITS = {
+    # what an earlier cell leaves on the loop, then the statement that awaits it
+    "task": ("task = asyncio.ensure_future(produce(24 * 2**20))", "x = await task"),
+    "event": ("ev = asyncio.Event()\nasyncio.get_running_loop().call_later(0.2, ev.set)", "x = await ev.wait()"),
+    "queue": (
+        "q = asyncio.Queue()\nfeeder = asyncio.ensure_future(feed(q, 8 * 2**20))",
+        "x = [await q.get() for _ in range(3)]",
+    ),
+}
+
+
+def _statement(magic: str, stmt: str) -> tuple[str, str, str]:
+    return ("mprun", "-q -o", stmt) if magic == "mprun" else (magic, f"-q -o {stmt}", "")
+
+
+@pytest.mark.parametrize("case", sorted(AWAITS))
+@pytest.mark.parametrize("magic", ["memit", "memtrace", "mprun"])
+@pytest.mark.parametrize("inside_async_cell", [False, True])
+def test_await_in_a_magic_uses_the_loop_of_earlier_cells(ip, magic, case, inside_async_cell):
+    """As in terminal IPython: earlier async cells leave tasks on IPython's loop; the magic awaits them there.
+
+    ``inside_async_cell``: the magic's cell has an ``await`` of its own, so the loop is already running
+    when the magic starts (the kernel's situation) and the magic turns it.
+    """
+    ip.run_cell(EARLIER)
+    setup, stmt = AWAITS[case]
+    assert ip.run_cell(setup + "\nawait asyncio.sleep(0)").success  # an async cell: IPython's loop
+    name, line, body = _statement(magic, stmt)
+    magic_call = f"%{name} {line}" if not body else f"%%{name} {line}\n{body}"
+    if inside_async_cell:
+        cell = f"await asyncio.sleep(0)\nr = get_ipython().run_{'cell' if body else 'line'}_magic({name!r}, {line!r}"
+        cell += f", {body!r})" if body else ")"
+    else:
+        cell = "r = " + magic_call if not body else magic_call
+    result = ip.run_cell(cell)
+    assert result.success, result.error_in_exec
+    x = ip.user_ns["x"]
+    expected = {"task": 24 * MiB, "event": None, "queue": None}[case]
+    if case == "task":
+        assert len(x) == expected
+    elif case == "event":
+        assert x is True
+    else:
+        assert [len(b) for b in x] == [8 * MiB] * 3
+    if body and not inside_async_cell:
+        return  # %%mprun -o with no name: the result went to Out
+    r = ip.user_ns["r"]
+    assert r.outcome == "ok" and not any("helper thread" in n for n in r.notes)
+    if magic == "memit" and case != "event":  # the awaited work is inside the measurement
+        assert r.runs[0].peak - r.runs[0].baseline >= 20 * MiB
+    if magic == "memtrace" and case != "event":
+        assert r.heap_peak - r.heap_start >= 20 * MiB
+    if magic == "mprun":  # the awaiting line was traced (what other tasks allocate while it waits is theirs)
+        (line,) = [ln for ln in r.functions[0].lines if "await" in ln.source]
+        assert line.occurrences == 1
+
+
+@pytest.mark.parametrize("magic", ["memit", "memtrace", "mprun"])
+def test_ctrl_c_while_a_magic_awaits_on_a_running_loop_reports_and_cancels(ip, capsys, python_sigint_handler, magic):
+    ip.run_cell(EARLIER + "import os, signal\n")
+    assert ip.run_cell("task = asyncio.ensure_future(asyncio.sleep(60))\nawait asyncio.sleep(0)").success
+    call = (
+        "run_cell_magic('mprun', '', 'await task')" if magic == "mprun" else f"run_line_magic({magic!r}, 'await task')"
+    )
+    cell = (
+        "asyncio.get_running_loop().call_later(0.2, os.kill, os.getpid(), signal.SIGINT)\n"
+        f"await asyncio.sleep(0)\nget_ipython().{call}\n"
+    )
+    capsys.readouterr()
+    ip.clear()
+    result = ip.run_cell(cell)
+    assert isinstance(result.error_in_exec, KeyboardInterrupt)
+    assert any("interrupted" in t for t in ip.texts()), ip.texts()  # the partial report
+    _assert_clean(ANSI.sub("", capsys.readouterr().out), "KeyboardInterrupt")
+    assert ip.run_cell("print(task.cancelled())\nawait asyncio.sleep(0)").success  # the loop still works
+    assert capsys.readouterr().out.strip() == "True"

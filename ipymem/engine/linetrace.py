@@ -682,6 +682,19 @@ def _free_tool_id() -> int | None:
     return None
 
 
+_tool_lock = threading.Lock()
+
+
+def _claim_tool_id(preferred: int) -> int:
+    """Take ``preferred``, or another of :data:`TOOL_IDS` if a profile in another thread took it since."""
+    with _tool_lock:
+        for tool in (preferred, *TOOL_IDS):
+            if sys.monitoring.get_tool(tool) is None:
+                sys.monitoring.use_tool_id(tool, "ipymem")
+                return tool
+    raise RuntimeError("no free sys.monitoring tool id (ipymem uses 3, 4 or 5)")
+
+
 class _MonitoringTracer:
     name = MONITORING
 
@@ -747,8 +760,7 @@ class _MonitoringTracer:
                 if a is not None:
                     b.suspended[id(getframe(1))] = a
 
-        tool = self.tool
-        mon.use_tool_id(tool, "ipymem")
+        tool = self.tool = _claim_tool_id(self.tool)
         try:
             callbacks = {
                 ev.LINE: on_line_mapped if b.mapped else on_line,
