@@ -318,3 +318,94 @@ def test_ctrl_c_while_a_magic_awaits_on_a_running_loop_reports_and_cancels(ip, c
     _assert_clean(ANSI.sub("", capsys.readouterr().out), "KeyboardInterrupt")
     assert ip.run_cell("print(task.cancelled())\nawait asyncio.sleep(0)").success  # the loop still works
     assert capsys.readouterr().out.strip() == "True"
+
+
+# -- other profilers and debuggers inside and around the magics -----------------------------------
+
+PROFILED = """\
+import cProfile, io, pdb, pstats
+def g(n):
+    return sum(range(n))
+def with_cprofile():
+    prof = cProfile.Profile()
+    prof.runcall(g, 1000)
+    return [k[2] for k in pstats.Stats(prof).stats]
+def with_pdb():
+    out = io.StringIO()
+    secret = 41 + 1
+    pdb.Pdb(stdin=io.StringIO("p secret\\nc\\n"), stdout=out, nosigint=True).set_trace()
+    return out
+"""
+
+
+@pytest.mark.skipif(not HAS_MONITORING, reason="cProfile and ipymem share sys.monitoring on Python 3.12+")
+def test_cprofile_inside_profiled_code_and_prun_inside_mprun(ip):
+    ip.run_cell(PROFILED)
+    ip.run_cell("r = %mprun -q -o -f with_cprofile names = with_cprofile()")
+    assert ip.user_ns["r"].outcome == "ok", ip.user_ns["r"].error
+    assert "g" in ip.user_ns["names"]
+    assert ip.user_ns["r"].params.tracer == "sys.monitoring"
+    result = ip.run_cell("%%mprun -q\nstats = %prun -q -r g(10**5)\nafter = 1\n")
+    assert result.success, result.error_in_exec
+    assert any(k[2] == "g" for k in ip.user_ns["stats"].stats)
+    ip.run_cell("r2 = %memit -q -o names2 = with_cprofile()\nr3 = %memtrace -q -o names3 = with_cprofile()")
+    assert "g" in ip.user_ns["names2"] and "g" in ip.user_ns["names3"]
+    assert ip.run_cell("%prun -q -r %mprun -q -f g g(10)").success  # and the other way round
+
+
+@pytest.mark.parametrize("magic", ["memit -q", "memtrace -q", "mprun -q -f with_pdb"])
+def test_pdb_inside_every_magic(ip, magic):
+    ip.run_cell(PROFILED)
+    result = ip.run_cell(f"%{magic} shown = with_pdb()")
+    assert result.success, result.error_in_exec
+    # The debugger stopped and answered.  (Under %memtrace it stops at the function's return, not its
+    # next line: memtrace's heap watcher turns line events off in function frames.)
+    assert "42" in ip.user_ns["shown"].getvalue()
+    assert sys.gettrace() is None
+
+
+COVERAGE_INSIDE = """
+import json, sys
+sys.path.insert(0, {here!r})
+import coverage
+from IPython.core.interactiveshell import InteractiveShell
+import target
+
+ip = InteractiveShell.instance()
+ip.run_line_magic("load_ext", "ipymem")
+ip.user_ns.update(target=target, coverage=coverage)
+ip.run_cell('''%%mprun -q -v r
+cov = coverage.Coverage(data_file=None, include=[target.__file__])
+cov.start()
+target.f(10**4)
+cov.stop()
+''')
+r = ip.user_ns["r"]
+data = ip.user_ns["cov"].get_data()
+print(json.dumps({{
+    "core": getattr(ip.user_ns["cov"], "_core", None) and ip.user_ns["cov"]._core.tracer_class.__name__,
+    "lines": sorted(data.lines(target.__file__) or []),
+    "outcome": r.outcome, "tracer": r.params.tracer,
+    "tools": [sys.monitoring.get_tool(i) for i in range(6)],
+}}))
+"""
+
+
+@pytest.mark.skipif(not HAS_MONITORING, reason="coverage's sys.monitoring core needs Python 3.12+")
+def test_coverage_monitoring_core_inside_mprun(tmp_path):
+    pytest.importorskip("coverage")
+    import json
+    import os
+    import subprocess
+
+    (tmp_path / "target.py").write_text("def f(n):\n    a = [0] * n\n    return len(a)\n")
+    script = tmp_path / "session.py"
+    script.write_text(COVERAGE_INSIDE.format(here=str(tmp_path)))
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    env = {**os.environ, "PYTHONPATH": root, "COVERAGE_CORE": "sysmon"}
+    out = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=120, env=env)
+    assert out.returncode == 0, out.stderr
+    report = json.loads(out.stdout.strip().splitlines()[-1])
+    assert report["outcome"] == "ok" and report["tracer"] == "sys.monitoring", report
+    assert report["lines"] == [2, 3], report  # coverage measured inside the profiled cell
+    assert report["tools"] == [None] * 6, report  # both gave their ids back
