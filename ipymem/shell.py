@@ -361,14 +361,14 @@ def run_awaitable(shell: Any, coro: Any) -> Any:
                             break
             elif task.done():
                 task.exception()  # retrieved: no "exception was never retrieved" log later
-            raise exc.with_traceback(_user_frames(tb)) from None
+            raise exc.with_traceback(_user_frames(tb) or exc.__traceback__)  # noqa: B904 (its own cause kept)
     finally:
         if outer is not None:
             tasks._enter_task(loop, outer)
     try:
         return task.result()
     except BaseException as exc:
-        raise exc.with_traceback(_user_frames(exc.__traceback__)) from None
+        raise exc.with_traceback(_user_frames(exc.__traceback__) or exc.__traceback__)  # noqa: B904
 
 
 def _until_done(loop: Any, task: Any, running: bool, grace: float | None = None) -> None:

@@ -409,3 +409,17 @@ def test_coverage_monitoring_core_inside_mprun(tmp_path):
     assert report["outcome"] == "ok" and report["tracer"] == "sys.monitoring", report
     assert report["lines"] == [2, 3], report  # coverage measured inside the profiled cell
     assert report["tools"] == [None] * 6, report  # both gave their ids back
+
+
+def test_awaited_exception_keeps_its_cause(ip):
+    ip.run_cell(
+        "import asyncio\nasync def chained():\n    await asyncio.sleep(0)\n"
+        "    try:\n        {}['k']\n    except KeyError as e:\n        raise ValueError('wrapped') from e\n"
+    )
+    for cell in (
+        "%memit await chained()",
+        "await asyncio.sleep(0)\nget_ipython().run_line_magic('memit', 'await chained()')",
+    ):
+        result = ip.run_cell(cell)
+        err = result.error_in_exec
+        assert isinstance(err, ValueError) and isinstance(err.__cause__, KeyError), cell
