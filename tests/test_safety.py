@@ -244,7 +244,7 @@ async def feed(q, n):
 
 AWAITS = {
     # what an earlier cell leaves on the loop, then the statement that awaits it
-    "task": ("task = asyncio.ensure_future(produce(24 * 2**20))", "x = await task"),
+    "task": ("task = asyncio.ensure_future(produce(48 * 2**20))", "x = await task"),
     "event": ("ev = asyncio.Event()\nasyncio.get_running_loop().call_later(0.2, ev.set)", "x = await ev.wait()"),
     "queue": (
         "q = asyncio.Queue()\nfeeder = asyncio.ensure_future(feed(q, 8 * 2**20))",
@@ -279,7 +279,7 @@ def test_await_in_a_magic_uses_the_loop_of_earlier_cells(ip, magic, case, inside
     result = ip.run_cell(cell)
     assert result.success, result.error_in_exec
     x = ip.user_ns["x"]
-    expected = {"task": 24 * MiB, "event": None, "queue": None}[case]
+    expected = {"task": 48 * MiB, "event": None, "queue": None}[case]
     if case == "task":
         assert len(x) == expected
     elif case == "event":
@@ -290,8 +290,10 @@ def test_await_in_a_magic_uses_the_loop_of_earlier_cells(ip, magic, case, inside
         return  # %%mprun -o with no name: the result went to Out
     r = ip.user_ns["r"]
     assert r.outcome == "ok" and not any("helper thread" in n for n in r.notes)
-    if magic == "memit" and case != "event":  # the awaited work is inside the measurement
-        assert r.runs[0].peak - r.runs[0].baseline >= 20 * MiB
+    # The awaited work is inside the measurement.  RSS: 48 MiB is above glibc's largest mmap threshold,
+    # so freed memory of earlier tests cannot absorb it; the Python heap has no such reuse.
+    if magic == "memit" and case == "task":
+        assert r.runs[0].peak - r.runs[0].baseline >= 40 * MiB
     if magic == "memtrace" and case != "event":
         assert r.heap_peak - r.heap_start >= 20 * MiB
     if magic == "mprun":  # the awaiting line was traced (what other tasks allocate while it waits is theirs)

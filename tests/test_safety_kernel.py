@@ -42,7 +42,7 @@ async def announce(aw):  # says 'waiting' once this coroutine waits (so Ctrl-C l
 
 # what an earlier cell leaves on the kernel's loop, the statement awaiting it, and a check of the result
 CASES = {
-    "task": ("task = asyncio.ensure_future(produce(24 * 2**20))", "x = await task", "len(x) == 24 * 2**20"),
+    "task": ("task = asyncio.ensure_future(produce(48 * 2**20))", "x = await task", "len(x) == 48 * 2**20"),
     "event": (
         "ev = asyncio.Event()\nasyncio.get_running_loop().call_later(0.3, ev.set)",
         "x = await ev.wait()",
@@ -107,7 +107,7 @@ def test_await_in_every_magic_runs_on_the_kernel_loop(kc):
             report = _texts(messages)[-1]
             assert "helper thread" not in report and "interrupted" not in report, report
             if magic == "memit" and case == "task":  # the awaited task's allocation is inside the measurement
-                assert float(_value(kc, "(r.runs[0].peak - r.runs[0].baseline) / 2**20")) >= 20
+                assert float(_value(kc, "(r.runs[0].peak - r.runs[0].baseline) / 2**20")) >= 40
             if magic == "memtrace" and case == "queue":
                 assert float(_value(kc, "(r.heap_peak - r.heap_start) / 2**20")) >= 20
     _ok(kc, "await asyncio.sleep(0)")  # the kernel's own async cells still work
