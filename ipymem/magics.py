@@ -33,7 +33,6 @@ from .shell import (
     cell_files,
     cell_label,
     compile_user_code,
-    identifier,
     make_doc,
     non_negative_int,
     parse,
@@ -42,6 +41,7 @@ from .shell import (
     publish,
     require_statement,
     resolve_function,
+    store_name,
 )
 
 MEMIT_TAIL = "statement"
@@ -52,7 +52,7 @@ MEMIT_OPTS = (
     Opt("c", "Include the memory of child processes (sampled)."),
     Opt("o", "Return the MemitResult object."),
     Opt("q", "Quiet: print nothing."),
-    Opt("v", "Store the MemitResult in the user namespace under NAME.", "NAME", identifier),
+    Opt("v", "Store the MemitResult in the user namespace under NAME.", "NAME", store_name),
     Opt("heap", "Also trace the Python heap with tracemalloc and report its peak (slows allocation-heavy code)."),
     Opt("precision", "Decimal places of the MiB figures (default 2).", "N", non_negative_int, 2),
     Opt("no-live", "No live chart while the statement runs (see also %config MemoryMagics.live)."),
@@ -95,7 +95,7 @@ MEMTRACE_OPTS = (
     ),
     Opt("o", "Return the AllocResult object."),
     Opt("q", "Quiet: print nothing."),
-    Opt("v", "Store the AllocResult in the user namespace under NAME.", "NAME", identifier),
+    Opt("v", "Store the AllocResult in the user namespace under NAME.", "NAME", store_name),
     Opt("no-live", "No live memory chart while the statement runs."),
     Opt("precision", "Decimal places of the MiB figures (default 2).", "N", non_negative_int, 2),
 )
@@ -126,7 +126,7 @@ MPRUN_OPTS = (
     ),
     Opt("r", "Return the MprunResult object (memory_profiler's letter; same as -o)."),
     Opt("o", "Return the MprunResult object."),
-    Opt("v", "Store the MprunResult in the user namespace under NAME.", "NAME", identifier),
+    Opt("v", "Store the MprunResult in the user namespace under NAME.", "NAME", store_name),
     Opt("no-live", "No live memory chart while the statement runs."),
     Opt("q", "Quiet: print nothing."),
     Opt("c", "Include the memory of child processes (sampled at the readings)."),
@@ -398,17 +398,22 @@ class MemoryMagics(Magics):
             if self._memwatch is None:
                 self._memwatch = MemWatch(self.shell, live=lambda: self.live, refresh=self.live_refresh)
                 self._memwatch.on()
+                print("memwatch on: each cell shows its memory (RSS) while it runs and in one line after it")
+            else:
+                print("memwatch is already on")
         elif arg == "off":
-            self.close_memwatch()
+            said = "memwatch off" if self._memwatch is not None else "memwatch is already off"
+            if not self.close_memwatch(say=said):
+                print(said)
         elif arg:
             raise UsageError(f"%memwatch: expected 'on' or 'off', got {line.strip()!r}\nUsage: %memwatch on|off")
         else:
             print(f"memwatch is {'on' if self._memwatch is not None else 'off'}")
 
-    def close_memwatch(self) -> None:
+    def close_memwatch(self, say: str | None = None) -> bool:
+        """Turn the watch off; True if ``say`` took the place of this cell's live view (nothing to print)."""
         watch, self._memwatch = self._memwatch, None
-        if watch is not None:
-            watch.off()
+        return watch.off(say=say) if watch is not None else False
 
     def _finish(self, result: Any, error: BaseException | None, args: Any, text: Any, html: Any) -> Any:
         """Show, store, then re-raise the user's exception or return the result for ``-o``."""

@@ -13,16 +13,27 @@
 from __future__ import annotations
 
 import ast
+import builtins
 import dataclasses
+import functools
 import getopt
+import keyword
+import os
+import re
+import selectors
 import sys
 import textwrap
 import threading
+import types
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+from IPython.core import async_helpers
 from IPython.core.error import UsageError
+
+if TYPE_CHECKING:
+    import asyncio
 
 
 @dataclass(frozen=True)
@@ -80,8 +91,45 @@ def positive_float(text: str) -> float:
 
 
 def identifier(text: str) -> str:
-    if not text.isidentifier():
+    if not text.isidentifier() or keyword.iskeyword(text):
         raise ValueError(f"expected a Python identifier, got {text!r}")
+    return text
+
+
+#: Names IPython keeps in the user namespace for itself: storing a result there breaks the session
+#: (``-v get_ipython`` breaks every later magic, ``-v Out`` the output history).
+SHELL_NAMES = frozenset(
+    [
+        "get_ipython",
+        "exit",
+        "quit",
+        "In",
+        "Out",
+        "_",
+        "__",
+        "___",
+        "_i",
+        "_ii",
+        "_iii",
+        "_ih",
+        "_oh",
+        "_dh",
+        "_sh",
+        "display",
+        "__builtins__",
+        "__name__",
+    ]
+)
+_HISTORY_NAME = re.compile(r"_i?\d+")  # _5, _i5: IPython's output and input history
+
+
+def store_name(text: str) -> str:
+    """A ``-v NAME``: a Python identifier that IPython itself and Python's builtins do not need."""
+    text = identifier(text)
+    if text in SHELL_NAMES or _HISTORY_NAME.fullmatch(text):
+        raise ValueError(f"{text!r} is a name IPython itself uses; choose another")
+    if text in dir(builtins):
+        raise ValueError(f"{text!r} is a Python builtin the session relies on; choose another")
     return text
 
 
@@ -201,11 +249,9 @@ def compile_user_code(shell: Any, source: str) -> tuple[Callable[[], None], str]
     anything is measured.  ``run.code`` is the compiled code object (``%%mprun``
     profiles it).
 
-    Top-level ``await`` works as in a cell: without a running event loop
-    (terminal IPython) the coroutine runs on IPython's loop runner in this
-    thread; under a kernel, whose loop is busy running this very cell, it
-    must run on a fresh loop in a helper thread, and ``run.in_thread`` says so
-    (see :func:`call_engine`).
+    Top-level ``await`` works as in a cell, on the loop a cell would use (see
+    :func:`run_awaitable`), so tasks, events and queues made by earlier cells
+    keep working.
     """
     if not source.endswith("\n"):
         source += "\n"  # IPython's transformers expect whole lines
@@ -223,26 +269,24 @@ def compile_user_code(shell: Any, source: str) -> tuple[Callable[[], None], str]
             raise
         flags = shell.compile.flags | ast.PyCF_ALLOW_TOP_LEVEL_AWAIT
         code = compile(tree, filename, "exec", flags=flags, dont_inherit=True)
-        import asyncio  # here, not at load: asyncio pulls in ssl (~4 MiB of RSS) in terminal IPython
-
-        try:
-            asyncio.get_running_loop()
-            busy = True
-        except RuntimeError:
-            busy = False
+        loop = _running_loop()
+        # A running loop that cannot be driven from here (not asyncio's own, e.g. uvloop): see call_engine.
+        in_thread = loop is not None and not hasattr(loop, "_run_once")
 
         def run() -> None:
             __tracebackhide__ = True
             coro = eval(code, user_global_ns, user_ns)
             if coro is None:  # nothing was awaited after all
                 return
-            if busy:
+            if in_thread:
+                import asyncio
+
                 asyncio.run(coro)
             else:
-                shell.loop_runner(coro)
+                run_awaitable(shell, coro)
 
         run.code = code  # type: ignore[attr-defined]
-        run.in_thread = busy  # type: ignore[attr-defined]
+        run.in_thread = in_thread  # type: ignore[attr-defined]
         return run, filename
 
     def run() -> None:
@@ -254,14 +298,149 @@ def compile_user_code(shell: Any, source: str) -> tuple[Callable[[], None], str]
     return run, filename
 
 
-def call_engine(measure: Callable[[], tuple[Any, BaseException | None]], run: Any) -> tuple[Any, BaseException | None]:
-    """``measure()``, or, for top-level ``await`` under a busy kernel loop, ``measure()`` in a helper thread.
+def _running_loop() -> asyncio.AbstractEventLoop | None:
+    import asyncio  # lazily: asyncio pulls in ssl (~4 MiB of RSS) in terminal IPython
 
-    The helper thread (``ipymem-async``) runs the whole measurement, so a
-    per-thread tracer sees the user's code; the result gains a note saying so.
+    try:
+        return asyncio.get_running_loop()
+    except RuntimeError:
+        return None
+
+
+#: How long a task cancelled by Ctrl-C gets to finish its cleanup (``finally``, ``except CancelledError``)
+#: before the magic reports and re-raises; it stays on the loop and ends there if it takes longer.
+CANCEL_GRACE = 2.0
+
+
+def run_awaitable(shell: Any, coro: Any) -> Any:
+    """Run the coroutine of a cell's top-level ``await`` to its end, on the loop IPython's autoawait uses.
+
+    Terminal IPython (no loop running while a cell runs): IPython's own
+    persistent loop, the one its async cells run on.  Under ipykernel the
+    kernel's loop is running, and it is running this very cell: a magic is a
+    synchronous call inside it (``%memit await x`` is
+    ``get_ipython().run_line_magic(...)``, which IPython does not see as
+    async).  So the coroutine becomes a task on that loop, and this function
+    turns the loop's crank (``_run_once``) until the task is done, with the
+    kernel's task for this cell set aside meanwhile (asyncio allows one
+    current task per loop).  The loop runs everything it would run while an
+    async cell awaits: tasks and timers of earlier cells, comm messages;
+    new cells wait, as they do for any running cell.  The measurement
+    around the call therefore covers exactly the awaited work, in this thread.
+
+    Ctrl-C (KeyboardInterrupt in this thread) cancels the task, gives its
+    cleanup up to :data:`CANCEL_GRACE` seconds, and propagates with a
+    traceback that ends where the user's code was waiting.  Another runner
+    (``%autoawait trio``) is IPython's business: it gets the coroutine.
+    """
+    import asyncio
+
+    __tracebackhide__ = True
+    loop = _running_loop()
+    running = loop is not None
+    if loop is None:
+        if shell.loop_runner is not async_helpers._asyncio_runner:
+            return shell.loop_runner(coro)
+        loop = async_helpers.get_asyncio_loop()
+    from asyncio import tasks
+
+    from .engine.interrupts import deferred_interrupts
+
+    task = loop.create_task(coro)
+    outer = tasks.current_task(loop) if running else None
+    if outer is not None:
+        tasks._leave_task(loop, outer)
+    try:
+        try:
+            _until_done(loop, task, running)
+        except BaseException as exc:
+            if not task.done():
+                task.cancel()
+                with deferred_interrupts():
+                    _until_done(loop, task, running, grace=CANCEL_GRACE)
+            tb = exc.__traceback__
+            if task.cancelled():
+                try:
+                    task.result()
+                except asyncio.CancelledError as cancelled:
+                    # The one raised where the user's code waited: this one (3.11+) or its context (3.10).
+                    for candidate in (cancelled, cancelled.__context__):
+                        if isinstance(candidate, asyncio.CancelledError) and _user_frames(candidate.__traceback__):
+                            tb = candidate.__traceback__
+                            break
+            elif task.done():
+                task.exception()  # retrieved: no "exception was never retrieved" log later
+            raise exc.with_traceback(_user_frames(tb) or exc.__traceback__)  # noqa: B904 (its own cause kept)
+    finally:
+        if outer is not None:
+            tasks._enter_task(loop, outer)
+    try:
+        return task.result()
+    except BaseException as exc:
+        raise exc.with_traceback(_user_frames(exc.__traceback__) or exc.__traceback__)  # noqa: B904
+
+
+def _until_done(loop: Any, task: Any, running: bool, grace: float | None = None) -> None:
+    """Turn ``loop`` until ``task`` is done (or, with ``grace``, at most that many seconds)."""
+    if not running:  # a loop at rest (terminal IPython between cells): run it, as IPython's runner does
+        if grace is None:
+            loop.run_until_complete(task)
+        else:
+            loop.run_until_complete(asyncio.wait([task], timeout=grace))
+        return
+    if grace is None:
+        while not task.done():
+            loop._run_once()
+        return
+    deadline = loop.time() + grace
+    wake = loop.call_at(deadline, lambda: None)  # select() returns by the deadline however idle the loop is
+    try:
+        while not task.done() and loop.time() < deadline:
+            loop._run_once()
+    finally:
+        wake.cancel()
+
+
+@functools.lru_cache(maxsize=1)
+def _machinery() -> tuple[str, ...]:
+    import asyncio
+
+    return (
+        os.path.dirname(asyncio.__file__) + os.sep,
+        selectors.__file__,
+        async_helpers.__file__,
+        os.path.dirname(os.path.abspath(__file__)) + os.sep,  # ipymem itself
+    )
+
+
+def _user_frames(tb: Any) -> Any:
+    """``tb`` with only the user's frames: none of asyncio's, selectors', IPython's loop runner's or ipymem's.
+
+    IPython hides frames marked ``__tracebackhide__`` except the last one,
+    so when Ctrl-C lands in the loop's ``select()``, the traceback must end
+    at the user's ``await``, not in the machinery that was waiting for it.
+    """
+    kept = []
+    while tb is not None:
+        if not tb.tb_frame.f_code.co_filename.startswith(_machinery()):
+            kept.append(tb)
+        tb = tb.tb_next
+    out = None
+    for entry in reversed(kept):
+        out = types.TracebackType(out, entry.tb_frame, entry.tb_lasti, entry.tb_lineno)
+    return out
+
+
+def call_engine(measure: Callable[[], tuple[Any, BaseException | None]], run: Any) -> tuple[Any, BaseException | None]:
+    """``measure()``; for top-level ``await`` under a running loop ipymem cannot drive, in a helper thread.
+
+    That last case (a loop that is not asyncio's own, such as uvloop) runs
+    the whole measurement in a helper thread (``ipymem-async``) on a fresh
+    loop, so a per-thread tracer sees the user's code; the result says so.
     """
     if not getattr(run, "in_thread", False):
         return measure()
+
     out: list[Any] = []
     thread = threading.Thread(target=lambda: out.append(measure()), name="ipymem-async", daemon=True)
     thread.start()
@@ -269,7 +448,7 @@ def call_engine(measure: Callable[[], tuple[Any, BaseException | None]], run: An
     if not out:
         raise RuntimeError("ipymem: the measuring thread failed")
     result, error = out[0]
-    note = "top-level await ran on a fresh event loop in a helper thread (the kernel's loop is running this cell)"
+    note = "top-level await ran on a fresh event loop in a helper thread (the kernel's loop is not asyncio's own)"
     return dataclasses.replace(result, notes=(*result.notes, note)), error
 
 

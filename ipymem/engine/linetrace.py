@@ -56,7 +56,7 @@ import time
 import tracemalloc
 from collections.abc import Callable, Iterable, Sequence
 from types import CodeType
-from typing import Any
+from typing import Any, ClassVar
 
 from ..models import outcome_of
 from ..models.lines import FunctionProfile, LineStats, MprunParams, MprunResult
@@ -821,12 +821,32 @@ def _stopped_at(books: _Books, what: str, where: str | None = None) -> str:
     )
 
 
+#: sys.monitoring ids ipymem may take, in order.  0, 1 and 2 are DEBUGGER_ID, COVERAGE_ID and
+#: PROFILER_ID: pdb, coverage (COVERAGE_CORE=sysmon) and cProfile each claim theirs and fail if it is
+#: taken, so ipymem never holds them; 5 (OPTIMIZER_ID) is free unless an optimizer claims it.
+TOOL_IDS = (3, 4, 5)
+
+
 def _free_tool_id() -> int | None:
+    """A monitoring tool id no standard tool needs, or ``None`` (the caller falls back to settrace)."""
     mon = sys.monitoring
-    for tool in (mon.PROFILER_ID, 5, 4, 3, 0, 1):
+    for tool in TOOL_IDS:
         if mon.get_tool(tool) is None:
             return tool
     return None
+
+
+_tool_lock = threading.Lock()
+
+
+def _claim_tool_id(preferred: int) -> int:
+    """Take ``preferred``, or another of :data:`TOOL_IDS` if a profile in another thread took it since."""
+    with _tool_lock:
+        for tool in (preferred, *TOOL_IDS):
+            if sys.monitoring.get_tool(tool) is None:
+                sys.monitoring.use_tool_id(tool, "ipymem")
+                return tool
+    raise RuntimeError("no free sys.monitoring tool id (ipymem uses 3, 4 or 5)")
 
 
 class _MonitoringTracer:
@@ -897,8 +917,7 @@ class _MonitoringTracer:
                 if a is not None:
                     b.suspended[id(getframe(1))] = a
 
-        tool = self.tool
-        mon.use_tool_id(tool, "ipymem")
+        tool = self.tool = _claim_tool_id(self.tool)
         try:
             callbacks = {
                 ev.LINE: on_line_mapped if b.mapped else on_line,
@@ -977,28 +996,50 @@ class _ThreadWatch:
     """Counts threads started while it is active, through :func:`threading.setprofile`.
 
     A new thread calls the threading profile hook once as it starts; ours
-    counts it, then hands the thread the hook that was installed before (if
-    any), so nothing else changes for the thread.  The previous hook is
-    restored on exit.
+    counts it for every active watch, then hands the thread the hook that was
+    installed before ipymem's (if any), so nothing else changes for the thread.
+
+    The hook is process-wide state with one owner: watches overlap (the
+    decorator in several threads beside a ``%mprun``) and exit in any order,
+    so they share one installed hook; the last to exit restores the hook that
+    was there before the first, unless someone else has replaced ours since.
     """
+
+    _lock = threading.Lock()
+    _active: ClassVar[list[_ThreadWatch]] = []
+    _saved: Any = None
 
     def __init__(self) -> None:
         self.started = 0
-        self._old: Any = None
+
+    @staticmethod
+    def _hook(frame: Any, event: str, arg: Any) -> Any:
+        cls = _ThreadWatch
+        with cls._lock:
+            for watch in cls._active:
+                watch.started += 1
+            old = cls._saved
+        sys.setprofile(old)
+        return old(frame, event, arg) if old is not None else None
 
     def __enter__(self) -> _ThreadWatch:
-        self._old = old = getattr(threading, "_profile_hook", None)
-
-        def hook(frame: Any, event: str, arg: Any) -> Any:
-            self.started += 1
-            sys.setprofile(old)
-            return old(frame, event, arg) if old is not None else None
-
-        threading.setprofile(hook)
+        cls = _ThreadWatch
+        with cls._lock:
+            if not cls._active:
+                cls._saved = getattr(threading, "_profile_hook", None)
+                threading.setprofile(cls._hook)
+            cls._active.append(self)
         return self
 
     def __exit__(self, *exc: object) -> None:
-        threading.setprofile(self._old)
+        cls = _ThreadWatch
+        with cls._lock:
+            if self in cls._active:
+                cls._active.remove(self)
+            if not cls._active:
+                if getattr(threading, "_profile_hook", None) is cls._hook:
+                    threading.setprofile(cls._saved)
+                cls._saved = None
 
 
 # -- the entry point -------------------------------------------------------------------
@@ -1037,6 +1078,7 @@ def profile_lines(
     (KeyboardInterrupt included) or ``None``; the caller re-raises it after
     showing ``result``.
     """
+    __tracebackhide__ = True  # the user's traceback runs from their cell to their code (IPython, pytest)
     codes: dict[CodeType, str] = {}
     for target in targets:
         code, qualname = _resolve(target)
@@ -1068,8 +1110,11 @@ def profile_lines(
             tool = _free_tool_id()
             if tool is None:
                 if tracer == "monitoring":
-                    raise RuntimeError("no free sys.monitoring tool id")
-                notes.append("all sys.monitoring tool ids are taken: fell back to sys.settrace (slower)")
+                    raise RuntimeError("no free sys.monitoring tool id (ipymem uses 3, 4 or 5)")
+                notes.append(
+                    "sys.monitoring tool ids are taken (ipymem uses 3, 4 or 5, never the debugger's,"
+                    " coverage's or profiler's): fell back to sys.settrace (slower)"
+                )
         books = _Books(stats, meter, int(min_interval * 1e9), on_call)
         active: Any = _MonitoringTracer(books, tool) if tool is not None else _SettraceTracer(books)
         t0 = time.perf_counter()

@@ -18,6 +18,10 @@ Shape of it:
   the widget is replaced, through its display id, by a static PNG of the
   final chart, so a saved notebook shows it with no widget state.  The
   widgets are then closed.
+* A client that runs cells with nobody watching (nbclient and papermill:
+  they send ``allow_stdin=False``) gets no widget at all, only the final
+  static chart: nbclient saves the state of every widget model it ever
+  saw, closed or not, so any widget would be orphaned state in the file.
 * A drawing or frontend error turns the view off for that cell: the
   threads stop, and one line says so where the chart was.
 
@@ -130,8 +134,62 @@ class WidgetFrontend:
             if self.handle is not None:
                 self.handle.update(data, raw=True)
         finally:
-            for widget in (self.label, self.image, self.box):
-                widget.close()
+            close_widgets(self.box)
+
+
+def close_widgets(widget: Any) -> None:
+    """Close ``widget``, its children and the ``layout`` and ``style`` models each one has.
+
+    ``Widget.close()`` closes only that model: a VBox of an HTML and an Image is
+    seven models, and the four layouts and styles left open stay alive in the
+    kernel and are saved in the notebook's widget state.
+    """
+    import ipywidgets as w
+
+    stack, seen = [widget], set()
+    while stack:
+        model = stack.pop()
+        if not isinstance(model, w.Widget) or id(model) in seen:
+            continue
+        seen.add(id(model))
+        stack.extend(getattr(model, "children", ()))
+        stack.extend(getattr(model, name, None) for name in ("layout", "style"))
+        model.close()
+
+
+class StaticFrontend:
+    """For a client that runs cells with nobody watching them (nbclient, papermill, ``nbconvert --execute``).
+
+    No widget at all, so the executed notebook holds no widget state (nbclient
+    saves the state of every model it ever saw, closed or not); the final
+    chart is displayed as a static image when the view closes, as the
+    widget's replacement would have been.
+    """
+
+    live = False
+
+    def show(self, png: bytes | None, label: str) -> None:
+        pass
+
+    def update(self, png: bytes | None, label: str) -> None:
+        pass
+
+    def finish(self, data: dict[str, Any]) -> None:
+        from IPython.display import display
+
+        display(data, raw=True)
+
+
+def unwatched(shell: Any) -> bool:
+    """True when the client that sent the running cell cannot answer ``input()``.
+
+    Frontends a person uses (JupyterLab, Notebook, VS Code) allow stdin; the
+    headless executors (nbclient and what is built on it) do not, and render
+    no widget either.  ipykernel records the request's ``allow_stdin`` on the
+    kernel while the cell runs.
+    """
+    kernel = getattr(shell, "kernel", None)
+    return kernel is not None and getattr(kernel, "_allow_stdin", True) is False
 
 
 class NullView:
@@ -268,7 +326,8 @@ class LiveView:
             if self.own_sampler:
                 self.sampler.start()
             png = label = None
-            if self.first_frame:
+            live = getattr(self.frontend, "live", True)
+            if self.first_frame and live:
                 png, label = self._frame()
             self.frontend.show(png, label or self._label(live=True))
             self.shown = True
@@ -278,6 +337,8 @@ class LiveView:
         except BaseException:  # KeyboardInterrupt while starting: leave nothing running
             self.close()
             raise
+        if not live:  # nobody watching: the final chart only, no drawing thread
+            return
         self._thread = threading.Thread(target=self._run, name=THREAD_PREFIX + "live", daemon=True)
         self._thread.start()
 
@@ -457,7 +518,7 @@ def live_view(
         if not widgets_supported(shell):
             return NullView(sampler)
         try:
-            frontend = WidgetFrontend()
+            frontend = StaticFrontend() if unwatched(shell) else WidgetFrontend()
         except Exception:
             return NullView(sampler)
     return LiveView(frontend, title=title, heap=heap, sampler=sampler, refresh=refresh, **kwargs)

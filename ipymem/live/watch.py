@@ -61,15 +61,25 @@ class MemWatch:
         events.register("pre_run_cell", self.pre_run_cell)
         events.register("post_run_cell", self.post_run_cell)
 
-    def off(self) -> None:
+    def off(self, say: str | None = None) -> bool:
+        """Unregister everything and close the running view.
+
+        Called from a watched cell (``%memwatch off``), the cell's own view is
+        running: ``say`` (one line) replaces it through its display id, so the
+        cell keeps no empty output, and True is returned; otherwise the caller
+        prints ``say`` itself.
+        """
         events = self.shell.events
         for name, callback in (("pre_run_cell", self.pre_run_cell), ("post_run_cell", self.post_run_cell)):
             if callback in events.callbacks[name]:
                 events.unregister(name, callback)
-        self._close_view(None)
+        view = self.view
+        replaced = say is not None and view is not None and view.shown and view.error is None
+        self._close_view({"text/plain": say} if replaced else None)
         self._start = None
         self._drop_window()
         self.chart = None
+        return replaced
 
     # -- events -------------------------------------------------------------------
     def pre_run_cell(self, info: Any = None) -> None:
