@@ -8,8 +8,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from .api import memit, memtrace, mprun, profile
-from .models import AllocResult, Comparison, MemitResult, MemitRun, MprunResult, Sample, compare
+from .api import memit, memtrace, memwho, mprun, profile
+from .models import AllocResult, Comparison, MemitResult, MemitRun, MemwhoResult, MprunResult, Sample, compare
 
 __version__ = "0.1.0"
 __all__ = [
@@ -17,18 +17,20 @@ __all__ = [
     "Comparison",
     "MemitResult",
     "MemitRun",
+    "MemwhoResult",
     "MprunResult",
     "Sample",
     "compare",
     "load_ipython_extension",
     "memit",
     "memtrace",
+    "memwho",
     "mprun",
     "profile",
     "unload_ipython_extension",
 ]
 
-_MAGIC_NAMES = {"line": ("memit", "mprun", "memtrace", "memwatch"), "cell": ("memit", "mprun", "memtrace")}
+_MAGIC_NAMES = {"line": ("memit", "mprun", "memtrace", "memwatch", "memwho"), "cell": ("memit", "mprun", "memtrace")}
 
 
 def load_ipython_extension(ipython: Any) -> None:
