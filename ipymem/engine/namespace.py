@@ -57,6 +57,9 @@ _CACHE_NAME = re.compile(r"^(_{1,3}|_\d+)$")
 #: Hidden holders smaller than this (bytes they alone keep alive) are not shown without ``-a``.
 HOLDER_MIN = 1 << 20
 
+#: A walk longer than this (seconds) starts calling the progress callback, then about twice a second.
+PROGRESS_AFTER = 1.0
+
 #: Sharing or outside holding smaller than this (and than 1% of the row) is not listed: interned strings, dtypes.
 SHARE_MIN = 4096
 
@@ -299,7 +302,7 @@ class _Walker:
         self.deadline = deadline
         self.progress = progress
         self.start = start
-        self.next_progress = start + 1.0
+        self.next_progress = start + PROGRESS_AFTER
         self.kinds: dict[type, int] = {}
         self.mods = sys.modules.get("numpy"), sys.modules.get("mmap")
         self.skip_ids = {id(namespace)}
@@ -491,6 +494,10 @@ class _Walker:
                             shared[j] = shared.get(j, 0) + s
                 refs = gc.get_referents(o) if kind == _GENERIC else self.referents(o, kind)
                 for c in refs:
+                    tick += 1
+                    if tick >= 4096:  # one container can hold millions: the budget holds inside it too
+                        tick = 0
+                        self._check_time(size, count)
                     ck = id(c)
                     if first:
                         inref[ck] = inref.get(ck, 0) + 1
@@ -513,8 +520,8 @@ class _Walker:
                         stack.append(c)
                 c = None  # a loop variable left pointing at the next object would read as one more holder
                 del refs, o
-                tick += 1
-                if tick >= 1024:
+                tick += 4
+                if tick >= 4096:
                     tick = 0
                     self._check_time(size, count)
         finally:
