@@ -362,3 +362,38 @@ def test_api_and_records_and_compare():
 def test_api_defaults_to_the_callers_globals():
     r = ipymem.memwho(pattern="MiB")
     assert [row.name for row in r.rows] == ["MiB"]
+
+
+# -- the retained-RSS hint of %memit and %memwatch -------------------------------------
+
+FRAGMENT = "objs = [bytes(2000) for _ in range(8 * 4000)]; kept = objs[::8]; del objs"
+
+
+@linux_glibc
+def test_memit_and_memwatch_say_when_retained_rss_is_memory_the_allocator_keeps(ip):
+    ip.line("memwho", "-q --trim")  # what is free now is returned, so the statement's frees show as kept free
+    r = ip.line("memit", f"-o -q {FRAGMENT}")
+    assert r.runs[0].retained > 32 * MiB
+    hint = [n for n in r.notes if "%memwho --trim" in n]
+    assert hint and "keeps free for reuse" in hint[0]
+    r = ip.line("memit", "-o -q x = bytearray(64 * 2**20)")  # a live object: no hint
+    assert not [n for n in r.notes if "%memwho --trim" in n]
+    ip.run_cell("del x, kept")
+    ip.line("memwho", "-q --trim")
+    ip.line("memwatch", "on")
+    try:
+        ip.clear()
+        ip.run_cell(FRAGMENT)
+        assert "%memwho --trim returns it" in ip.texts()[-1]
+    finally:
+        ip.line("memwatch", "off")
+        ip.run_cell("del kept")
+
+
+def test_retained_hint_thresholds():
+    from ipymem.engine.rssparts import retained_hint
+
+    assert retained_hint(100 * MiB, 80 * MiB) is not None and "80.0 MiB" in retained_hint(100 * MiB, 80 * MiB)
+    assert retained_hint(100 * MiB, 20 * MiB) is None  # mostly live objects
+    assert retained_hint(2 * MiB, 2 * MiB) is None  # too small to mention
+    assert retained_hint(100 * MiB, None) is None

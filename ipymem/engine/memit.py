@@ -23,6 +23,7 @@ from collections.abc import Callable
 from ..models import MemitParams, MemitResult, MemitRun, outcome_of
 from .interrupts import deferred_interrupts
 from .probes import PEAK_SAMPLED, Probe, rss_note, shared_probe
+from .rssparts import allocator_free, retained_hint
 from .sampler import Sampler
 
 
@@ -71,6 +72,7 @@ def memit(
     error: BaseException | None = None
     timed_out = False
     started_tracemalloc = False
+    free_before: int | None = None
     try:
         # Inside the try, so an interrupt landing just after the deferral still reaches the finally.
         # gc.collect() is deferred too: an interrupt landing in a gc callback would be lost.
@@ -80,6 +82,7 @@ def memit(
                 started_tracemalloc = True
             if collect:
                 gc.collect()
+            free_before = allocator_free()
         if held.received:
             raise KeyboardInterrupt
         budget_start = time.perf_counter()
@@ -102,6 +105,10 @@ def memit(
         if held.received and error is None:
             error = KeyboardInterrupt()
     notes = []
+    if runs and free_before is not None:
+        hint = retained_hint(runs[-1].end - runs[0].baseline, (allocator_free() or 0) - free_before)
+        if hint:
+            notes.append(hint)
     if rss_note(probe):
         notes.append(rss_note(probe))
     if include_children and methods != {PEAK_SAMPLED}:

@@ -252,3 +252,31 @@ def trim_memory() -> int:
     if lib is not None:
         lib.malloc_trim(0)
     return before - probe.rss()
+
+
+def allocator_free() -> int | None:
+    """Bytes the allocators hold free for reuse: glibc ``fordblks`` plus pymalloc's free blocks and pools.
+
+    Not corrected for residency (cheap enough to read around every cell):
+    meant for differences, e.g. how much of a cell's retained RSS is free
+    memory the allocator kept.  ``None`` where neither source is available.
+    """
+    info, pym = mallinfo(), pymalloc_stats()
+    if info is None and pym is None:
+        return None
+    return (info["fordblks"] if info else 0) + ((pym["available"] + pym["unused_pools"]) if pym else 0)
+
+
+#: The retained-RSS hint needs at least this much, and at least half of the retained RSS, kept free.
+HINT_MIN = 4 << 20
+
+
+def retained_hint(retained: int, free_growth: int | None) -> str | None:
+    """A note when much of a retained RSS increase is memory the allocator keeps free, not live objects."""
+    if free_growth is None or retained < HINT_MIN or free_growth < max(HINT_MIN, retained // 2):
+        return None
+    kept = min(free_growth, retained)
+    return (
+        f"{kept / 2**20:,.1f} MiB of the retained RSS is memory the allocator keeps free for reuse, "
+        "not live objects; %memwho --trim returns it to the OS"
+    )

@@ -18,6 +18,7 @@ from html import escape
 from typing import Any
 
 from ..engine.probes import shared_probe
+from ..engine.rssparts import allocator_free, retained_hint
 
 MiB = 1024 * 1024
 
@@ -38,6 +39,7 @@ class MemWatch:
         self.view: Any = None
         self.chart: Any = None
         self._start: tuple[int, float] | None = None
+        self._free: int | None = None  # allocator-free bytes at the cell's start, for the retained-RSS hint
         self.lines: list[str] = []
 
     def on(self) -> None:
@@ -84,6 +86,7 @@ class MemWatch:
         )
         if not self.view.enabled:
             self.view = None
+        self._free = allocator_free()
         baseline = self.probe.rss()
         self.probe.reset_peak()
         self._start = (baseline, time.perf_counter())
@@ -103,6 +106,9 @@ class MemWatch:
             sampled = self.view.sampler.timeline.max_value
         peak = max(now, baseline, exact or 0, sampled or 0)
         line = compact_line(now - baseline, peak - baseline, seconds)
+        if self._free is not None:
+            hint = retained_hint(now - baseline, (allocator_free() or 0) - self._free)
+            line += f" ({hint})" if hint else ""
         self.lines.append(line)
         del self.lines[:-100]
         html = f"<div style='font-family:monospace;font-size:11px;color:#555'>{escape(line)}</div>"
