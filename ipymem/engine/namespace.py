@@ -64,7 +64,7 @@ PROGRESS_AFTER = 1.0
 SHARE_MIN = 4096
 
 # Kinds of types, decided once per type.
-_GENERIC, _SKIP, _NDARRAY, _FUNCTION, _FRAME, _MMAP, _ARROW, _TORCH, _PYSIZEOF, _INT = range(10)
+_GENERIC, _SKIP, _NDARRAY, _FUNCTION, _FRAME, _MMAP, _ARROW, _TORCH, _PYSIZEOF, _INT, _LEAF = range(11)
 
 _SKIP_TYPES = (
     type,
@@ -77,6 +77,22 @@ _SKIP_TYPES = (
     types.GetSetDescriptorType,
     type(type.__dict__),  # mappingproxy
 )
+
+
+#: Exact types with no references to follow, sized by ``sys.getsizeof`` alone (the walk's fast path).
+_LEAF_TYPES = frozenset({str, bytes, bytearray, float, complex, bool, type(None), range})
+
+
+def _edge_temps() -> int:
+    """References the walk itself holds to a child while it looks at it (the referents list, the loop variable,
+    getrefcount's argument), measured on this interpreter the way the walk's loop holds them."""
+    holder = [object()]
+    for c in gc.get_referents(holder):
+        return sys.getrefcount(c) - 1  # minus holder's own reference
+    raise AssertionError("unreachable")
+
+
+_EDGE_TEMPS = _edge_temps()
 
 
 class _Plain:
@@ -334,6 +350,8 @@ class _Walker:
             return _SKIP
         if tp is int:
             return _INT
+        if tp in _LEAF_TYPES:
+            return _LEAF
         if np is not None and issubclass(tp, np.ndarray):
             return _NDARRAY
         if issubclass(tp, types.FunctionType):
@@ -358,7 +376,7 @@ class _Walker:
         if kind == _INT:
             s = sys.getsizeof(obj)
             return _INT_ONE_DIGIT_ALLOC if s == _INT_ONE_DIGIT else s
-        if kind in (_GENERIC, _NDARRAY, _FUNCTION, _FRAME, _MMAP, _ARROW, _TORCH):
+        if kind in (_GENERIC, _LEAF, _NDARRAY, _FUNCTION, _FRAME, _MMAP, _ARROW, _TORCH):
             try:
                 return sys.getsizeof(obj)
             except Exception:
@@ -382,7 +400,7 @@ class _Walker:
             if obj.f_locals is obj.f_globals:  # a module-level frame: its "locals" are a namespace
                 return []
             return list(obj.f_locals.values())
-        if kind in (_ARROW, _TORCH, _INT):
+        if kind in (_ARROW, _TORCH, _INT, _LEAF):
             return []
         return gc.get_referents(obj)
 
@@ -437,99 +455,122 @@ class _Walker:
         # The root is fetched here, not passed: an argument stays referenced by the caller during the call.
         obj = roots[r][1]
         label, inref, keep = self.label, self.inref, self.keep
-        kind_of, kinds = self.kind, self.kinds
+        kind_of, kinds_get = self.kind, self.kinds.get
+        label_get, inref_get, root_refs_get = self.label.get, self.inref.get, root_refs.get
         skip_ids, multi_roots = self.skip_ids, self._multi_roots
-        getrefcount, getsizeof = sys.getrefcount, sys.getsizeof
+        getrefcount, getsizeof, get_referents = sys.getrefcount, sys.getsizeof, gc.get_referents
         local: set[int] = set()  # objects of other roots' regions this root reaches
-        size = freed = nfile = count = 0
+        size = freed = nfile = count = new = 0
         shared = self.shared[r]
         k = id(obj)
         if k in skip_ids or kind_of(type(obj)) == _SKIP:
             return
-        lab = label.get(k)
+        lab = label_get(k)
         if lab is None:
             label[k] = r
         else:
             local.add(k)
             self._mark_multi(k, obj, lab, r)
         stack = [obj]
+        push, pop = stack.append, stack.pop
         del obj
         tick = 0
+        edge_temps = _EDGE_TEMPS + 1  # the walk's own references to a child, plus its one real referrer
         try:
             while stack:
-                o = stack.pop()
+                o = pop()
                 k = id(o)
                 tp = type(o)
-                kind = kinds.get(tp)
+                kind = kinds_get(tp)
                 if kind is None:
                     kind = kind_of(tp)
-                first = k not in local
                 if kind == _GENERIC:
                     s = getsizeof(o)
+                    refs = get_referents(o)
+                elif kind == _LEAF:
+                    s = getsizeof(o)
+                    refs = ()
+                elif kind == _INT:
+                    s = getsizeof(o)
+                    if s == _INT_ONE_DIGIT:
+                        s = _INT_ONE_DIGIT_ALLOC
+                    refs = ()
                 else:
                     s = self.own_size(o, kind)
+                    refs = self.referents(o, kind)
                     if kind == _MMAP:
                         try:
                             f = len(o)
                         except Exception:
                             f = 0
                         nfile += f
-                        if first:
+                        if k not in local:
                             self.total_file += f
                     elif kind in (_ARROW, _TORCH):
                         s += self._native(o, kind, r, local)
                 size += s
                 count += 1
+                first = k not in local
                 if first:
                     freed += s
-                    self.total += s
-                    self.objects += 1
+                    new += 1
                     # References beyond the walk's own (this loop's ``o``, getrefcount's argument, the roots list).
-                    extra = getrefcount(o) - 2 - root_refs.get(k, 0)
+                    extra = getrefcount(o) - 2 - root_refs_get(k, 0)
                     if extra > 1 or k in root_refs:
                         keep[k] = (o, extra)
                 else:  # reached by other roots too (label MULTI)
                     for j in multi_roots.get(k, ()):
                         if j != r:
                             shared[j] = shared.get(j, 0) + s
-                refs = gc.get_referents(o) if kind == _GENERIC else self.referents(o, kind)
                 for c in refs:
                     tick += 1
                     if tick >= 4096:  # one container can hold millions: the budget holds inside it too
                         tick = 0
-                        self._check_time(size, count)
+                        self._flush(r, size, freed, nfile, count, new)
+                        size = freed = nfile = count = new = 0
+                        self._check_time()
                     ck = id(c)
-                    if first:
-                        inref[ck] = inref.get(ck, 0) + 1
+                    # Count the edge only for objects referred to more than once: the others cannot be
+                    # held from outside (their one reference is this edge), and need no entry.
+                    if first and getrefcount(c) > edge_temps:
+                        inref[ck] = inref_get(ck, 0) + 1
                     if ck in skip_ids:
                         continue
-                    ckind = kinds.get(type(c))
+                    ckind = kinds_get(type(c))
                     if ckind is None:
                         ckind = kind_of(type(c))
                     if ckind == _SKIP:
                         continue
-                    lab = label.get(ck)
+                    lab = label_get(ck)
                     if lab is None:
                         label[ck] = r
-                        stack.append(c)
+                        push(c)
                     elif lab == r or ck in local:
                         continue
                     else:
                         local.add(ck)
                         self._mark_multi(ck, c, lab, r)
-                        stack.append(c)
+                        push(c)
                 c = None  # a loop variable left pointing at the next object would read as one more holder
-                del refs, o
+                refs = o = None
                 tick += 4
                 if tick >= 4096:
                     tick = 0
-                    self._check_time(size, count)
+                    self._flush(r, size, freed, nfile, count, new)
+                    size = freed = nfile = count = new = 0
+                    self._check_time()
         finally:
-            self.size[r] += size
-            self.freed[r] += freed
-            self.file[r] += nfile
-            self.count[r] += count
+            self._flush(r, size, freed, nfile, count, new)
             stack.clear()
+
+    def _flush(self, r: int, size: int, freed: int, nfile: int, count: int, new: int) -> None:
+        """Fold the walk's running counts into the books (so progress and a cut-short walk see them)."""
+        self.size[r] += size
+        self.freed[r] += freed
+        self.total += freed
+        self.file[r] += nfile
+        self.count[r] += count
+        self.objects += new
 
     def _native(self, obj: Any, kind: int, r: int, local: set[int]) -> int:
         """Bytes of the pyarrow/torch buffers of ``obj`` for root ``r``; a buffer shared by roots counts once each."""
@@ -602,10 +643,10 @@ class _Walker:
                 tick += 1
                 if tick >= 1024:
                     tick = 0
-                    self._check_time(0, 0)
+                    self._check_time()
             stack.clear()
 
-    def _check_time(self, size: int, count: int) -> None:
+    def _check_time(self) -> None:
         now = time.perf_counter()
         if now >= self.deadline:
             raise _Budget
