@@ -153,13 +153,20 @@ def main_heap(path: str = "/proc/self/smaps") -> tuple[int, int] | None:
     return int(size.group(1)) * 1024, int(rss.group(1)) * 1024
 
 
-def malloc_free_resident(info: dict[str, int] | None) -> int | None:
-    """Bytes glibc malloc holds free and resident (``fordblks`` less the main heap's non-resident pages)."""
+def malloc_free_resident(info: dict[str, int] | None) -> tuple[int | None, bool]:
+    """Bytes glibc malloc holds free and resident, and whether that is exact.
+
+    ``fordblks`` less the main heap's non-resident pages (what ``malloc_trim``
+    returned).  When glibc's arenas extend beyond ``[heap]`` (thread arenas,
+    or a main heap that could not grow in place) the pages returned there
+    cannot be told apart, so the figure is an upper bound (``False``).
+    """
     if info is None:
-        return None
+        return None, False
     heap = main_heap()
     not_resident = max(0, heap[0] - heap[1]) if heap else 0
-    return max(0, info["fordblks"] - not_resident)
+    exact = heap is not None and info["arena"] <= heap[0] + (1 << 20)
+    return max(0, info["fordblks"] - not_resident), exact
 
 
 def rss_breakdown(walked: int, walked_file: int = 0) -> RssBreakdown:
@@ -193,14 +200,14 @@ def rss_breakdown(walked: int, walked_file: int = 0) -> RssBreakdown:
         )
     else:
         parts.append(RssPart("heap_other", "Other Python heap", None, "unavailable on this platform"))
-    parts.append(
-        RssPart(
-            "malloc_free",
-            "Free in glibc malloc, kept resident (malloc_trim returns it)",
-            malloc_free_resident(info),
-            "glibc mallinfo2 fordblks − [heap] pages not resident" if info else "unavailable on this platform",
-        )
-    )
+    free, exact = malloc_free_resident(info)
+    if info is None:
+        source = "unavailable on this platform"
+    elif exact:
+        source = "glibc mallinfo2 fordblks − [heap] pages not resident"
+    else:
+        source = "glibc mallinfo2 fordblks − [heap] pages not resident; at most (arenas outside [heap])"
+    parts.append(RssPart("malloc_free", "Free in glibc malloc, kept resident (malloc_trim returns it)", free, source))
     parts.append(
         RssPart(
             "pymalloc_free",
@@ -255,16 +262,19 @@ def trim_memory() -> int:
 
 
 def allocator_free() -> int | None:
-    """Bytes the allocators hold free for reuse: glibc ``fordblks`` plus pymalloc's free blocks and pools.
+    """Bytes the allocators hold free and resident: glibc malloc's (as in the breakdown) plus pymalloc's.
 
-    Not corrected for residency (cheap enough to read around every cell):
-    meant for differences, e.g. how much of a cell's retained RSS is free
-    memory the allocator kept.  ``None`` where neither source is available.
+    Meant for differences, e.g. how much of a cell's retained RSS is free
+    memory the allocator kept: resident, because a statement that reuses
+    pages ``malloc_trim`` returned grows RSS without growing live objects.
+    A few milliseconds (it reads ``/proc/self/smaps``).  ``None`` where
+    neither source is available.
     """
     info, pym = mallinfo(), pymalloc_stats()
     if info is None and pym is None:
         return None
-    return (info["fordblks"] if info else 0) + ((pym["available"] + pym["unused_pools"]) if pym else 0)
+    free = malloc_free_resident(info)[0] or 0
+    return free + ((pym["available"] + pym["unused_pools"]) if pym else 0)
 
 
 #: The retained-RSS hint needs at least this much, and at least half of the retained RSS, kept free.

@@ -186,11 +186,22 @@ def _memtrace(results: Any) -> tuple[list[Metric], Any]:
     return metrics, extract
 
 
+#: Short names of the RSS parts (their full labels are in each result's breakdown).
+_RSS_SHORT = {
+    "objects": "held by the names",
+    "heap_other": "other heap",
+    "malloc_free": "free in malloc",
+    "pymalloc_free": "free in pymalloc",
+    "file": "file-backed and shared",
+    "rest": "the rest",
+}
+
+
 def _memwho(results: Any) -> tuple[list[Metric], Any]:
     """Total held, RSS and its parts, then each name that is among the largest in any result: what grew."""
     keys = [p.key for p in results[0].breakdown.parts]
     metrics = [Metric("Held by the names (walked, each object once)", BYTES), Metric("RSS", BYTES)]
-    metrics += [Metric(f"RSS: {p.label}", BYTES, signed=p.key == "rest") for p in results[0].breakdown.parts]
+    metrics += [Metric(f"RSS: {_RSS_SHORT.get(k, k)}", BYTES, signed=k == "rest") for k in keys]
     names: list[str] = []
     for r in results:
         for row in r.rows[:10]:
