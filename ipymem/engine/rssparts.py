@@ -176,16 +176,16 @@ def rss_breakdown(walked: int, walked_file: int = 0) -> RssBreakdown:
     pym = pymalloc_stats()
     rollup = smaps_rollup()
     details: list[tuple[str, int]] = []
-    parts = [RssPart("objects", "Objects the names hold (walked)", walked, "ipymem census")]
+    parts = [RssPart("objects", "Objects the names hold", walked, "ipymem census")]
     if tracemalloc.is_tracing():
         traced = tracemalloc.get_traced_memory()[0]
         details.append(("tracemalloc_traced", traced))
         parts.append(
             RssPart(
                 "heap_other",
-                "Other Python heap (traced by tracemalloc, not held by the names)",
+                "Other Python heap (traced)",
                 traced - walked,
-                "tracemalloc traced − walked",
+                "tracemalloc traced − objects",
             )
         )
     elif info is not None:
@@ -193,9 +193,9 @@ def rss_breakdown(walked: int, walked_file: int = 0) -> RssBreakdown:
         parts.append(
             RssPart(
                 "heap_other",
-                "Other heap in use (malloc'd by Python and native libraries, not held by the names)",
+                "Other heap in use (malloc + pymalloc)",
                 in_use - walked,
-                "glibc mallinfo2 uordblks+hblkhd" + (" + pymalloc blocks" if pym else "") + " − walked",
+                "mallinfo2 uordblks+hblkhd" + (" + pymalloc blocks" if pym else "") + " − objects",
             )
         )
     else:
@@ -204,14 +204,14 @@ def rss_breakdown(walked: int, walked_file: int = 0) -> RssBreakdown:
     if info is None:
         source = "unavailable on this platform"
     elif exact:
-        source = "glibc mallinfo2 fordblks − [heap] pages not resident"
+        source = "mallinfo2 fordblks − [heap] pages not resident"
     else:
-        source = "glibc mallinfo2 fordblks − [heap] pages not resident; at most (arenas outside [heap])"
-    parts.append(RssPart("malloc_free", "Free in glibc malloc, kept resident (malloc_trim returns it)", free, source))
+        source = "mallinfo2 fordblks − [heap] not resident; at most (arenas outside [heap])"
+    parts.append(RssPart("malloc_free", "Free in glibc malloc (resident)", free, source))
     parts.append(
         RssPart(
             "pymalloc_free",
-            "Free in pymalloc arenas (reused for small objects)",
+            "Free in pymalloc arenas",
             (pym["available"] + pym["unused_pools"]) if pym else None,
             "pymalloc arena statistics" if pym else "unavailable on this platform",
         )
@@ -223,9 +223,9 @@ def rss_breakdown(walked: int, walked_file: int = 0) -> RssBreakdown:
     parts.append(
         RssPart(
             "file",
-            "File-backed and shared pages (libraries, mmapped files)",
+            "File-backed and shared pages",
             file_backed,
-            "/proc/self/smaps_rollup Rss − Anonymous" if file_backed is not None else "unavailable on this platform",
+            "smaps_rollup Rss − Anonymous" if file_backed is not None else "unavailable on this platform",
         )
     )
     if walked_file:
@@ -238,9 +238,9 @@ def rss_breakdown(walked: int, walked_file: int = 0) -> RssBreakdown:
     parts.append(
         RssPart(
             "rest",
-            "The rest (interpreter, native memory outside malloc, stacks, page rounding)",
+            "The rest (interpreter, native, stacks)",
             rss - known,
-            "RSS − the parts above (not forced to zero)",
+            "RSS − the parts above, not forced to zero",
         )
     )
     return RssBreakdown(rss=rss, parts=tuple(parts), details=tuple(details))
