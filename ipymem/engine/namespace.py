@@ -326,7 +326,10 @@ class _Walker:
         self._buffer_size: dict[int, int] = {}  # pyarrow/torch buffer key -> bytes
         self._multi_roots: dict[int, set[int]] = {}  # MULTI id -> the roots that reach it
         for modname, mod in list(sys.modules.items()):
-            d = getattr(mod, "__dict__", None)
+            try:  # past any __getattribute__: a lazily loaded module must not be loaded by looking at it
+                d = object.__getattribute__(mod, "__dict__")
+            except Exception:
+                continue
             if not isinstance(d, dict):
                 continue
             self.skip_ids.add(id(d))
@@ -717,7 +720,7 @@ def _describe(obj: Any) -> str:
             return f"{name} {obj.num_rows}×{obj.num_columns}"
         if module.startswith("pyarrow") and hasattr(obj, "type") and hasattr(obj, "__len__"):
             return f"{name} {obj.type} len {len(obj)}"
-        if isinstance(obj, (list, tuple, dict, set, frozenset, str, bytes, bytearray)):
+        if tp in (list, tuple, dict, set, frozenset, str, bytes, bytearray):  # exact: a subclass's len is user code
             return f"{name} len {len(obj)}"
         if isinstance(obj, types.FunctionType) and obj.__closure__:
             return f"function (closure of {len(obj.__closure__)})"
