@@ -166,7 +166,7 @@ def census(
     try:
         walker.walk_all(roots, bindings, root_refs)
     finally:
-        roots_meta = [(r[0], r[2], tuple(r[3]), _describe(r[1])) for r in roots]
+        roots_meta = [(r[0], r[2], tuple(r[3]), _describe(r[1]), _shallow(r[1])) for r in roots]
         roots.clear()  # no reference to user objects survives
     rows = walker.rows(roots_meta)
     walker.clear()
@@ -665,7 +665,7 @@ class _Walker:
                 )
             )
 
-    def rows(self, meta: list[tuple[str, str, tuple[str, ...], str]]) -> list[MemwhoRow]:
+    def rows(self, meta: list[tuple[str, str, tuple[str, ...], str, int]]) -> list[MemwhoRow]:
         names = [m[0] for m in meta]
         n = len(meta)
         both = [dict(d) for d in self.shared]
@@ -673,8 +673,8 @@ class _Walker:
             for j, b in self.shared[i].items():
                 both[j][i] = max(both[j].get(i, 0), b)
         out = []
-        for i, (name, kind, aliases, typ) in enumerate(meta):
-            size = self.size[i]
+        for i, (name, kind, aliases, typ, shallow) in enumerate(meta):
+            size = self.size[i] if self.walked[i] else max(self.size[i], shallow)  # at least the object itself
             worth = max(SHARE_MIN, size // 100)  # sharing an interned string or a dtype is not news
             held = sorted((h for h, b in self.held[i].items() if b >= worth), key=lambda h: h == "other references")
             out.append(
