@@ -397,3 +397,34 @@ def test_retained_hint_thresholds():
     assert retained_hint(100 * MiB, 20 * MiB) is None  # mostly live objects
     assert retained_hint(2 * MiB, 2 * MiB) is None  # too small to mention
     assert retained_hint(100 * MiB, None) is None
+
+
+def test_pyarrow_arrays_by_their_buffers_and_slices_share():
+    pa = pytest.importorskip("pyarrow")
+    arr = pa.array(np.arange(10**6, dtype=np.int64))  # 8 MB in arrow's memory pool, not Python's heap
+    piece = arr.slice(10, 1000)  # shares arr's buffers
+    table = pa.table({"x": arr})
+    r = census({"arr": arr, "piece": piece, "table": table})
+    assert 8 * 10**6 <= r.row("arr").size < 8 * 10**6 + 4096
+    assert r.row("arr").size - 4096 < r.row("table").size and r.row("piece").size >= 8 * 10**6
+    assert set(r.row("arr").shared_with) == {"piece", "table"}
+    assert r.row("arr").freed_if_deleted < 4096  # the others keep the buffer
+    assert 8 * 10**6 <= r.total < 8 * 10**6 + 16384  # the buffer once
+    del arr, piece, table, r
+    ns = {"arr": pa.array(range(10**6), type=pa.int64())}  # built in arrow's pool (from numpy it would wrap)
+    solo = census(ns)
+    assert solo.row("arr").type.startswith("Int64Array int64 len")
+    before = pa.total_allocated_bytes()  # the truth another way: arrow's own memory pool
+    del ns["arr"]
+    drop = before - pa.total_allocated_bytes()
+    assert drop >= 8 * 10**6 and abs(solo.row("arr").freed_if_deleted - drop) <= 0.05 * drop
+
+
+def test_torch_cpu_tensors_by_their_storage():
+    torch = pytest.importorskip("torch")
+    t = torch.ones(1000, 1000)  # 4 MB
+    view = t[10:]
+    r = census({"t": t, "view": view})
+    assert 4 * 10**6 <= r.row("t").size < 4 * 10**6 + 4096
+    assert r.row("t").shared_with == ("view",) and r.row("t").freed_if_deleted < 4096
+    assert 4 * 10**6 <= r.total < 4 * 10**6 + 8192

@@ -379,11 +379,12 @@ class _Walker:
         if kind == _INT:
             s = sys.getsizeof(obj)
             return _INT_ONE_DIGIT_ALLOC if s == _INT_ONE_DIGIT else s
-        if kind in (_GENERIC, _LEAF, _NDARRAY, _FUNCTION, _FRAME, _MMAP, _ARROW, _TORCH):
+        if kind in (_GENERIC, _LEAF, _NDARRAY, _FUNCTION, _FRAME, _MMAP):
             try:
                 return sys.getsizeof(obj)
             except Exception:
                 return 0
+        # A __sizeof__ in Python (pandas), or one that adds buffers the walk counts itself (pyarrow, torch).
         tp = type(obj)
         return object.__sizeof__(obj) + (_GC_PRE if tp.__flags__ & _HAVE_GC else 0)
 
@@ -510,7 +511,7 @@ class _Walker:
                         if k not in local:
                             self.total_file += f
                     elif kind in (_ARROW, _TORCH):
-                        s += self._native(o, kind, r, local)
+                        size += self._native(o, kind, r, local)  # buffers keep their own books
                 size += s
                 count += 1
                 first = k not in local
@@ -576,7 +577,11 @@ class _Walker:
         self.objects += new
 
     def _native(self, obj: Any, kind: int, r: int, local: set[int]) -> int:
-        """Bytes of the pyarrow/torch buffers of ``obj`` for root ``r``; a buffer shared by roots counts once each."""
+        """Bytes of the pyarrow/torch buffers of ``obj`` new to root ``r`` (its size); shared buffers marked so.
+
+        A buffer no root reached before is entered in the freed and total
+        books here; one another root reached is shared (and freed by neither).
+        """
         out = 0
         label, shared = self.label, self.shared[r]
         for address, nbytes in self.buffers(obj, kind):
