@@ -322,6 +322,7 @@ class _Walker:
         self.kinds: dict[type, int] = {}
         self.mods = sys.modules.get("numpy"), sys.modules.get("mmap")
         self.skip_ids = {id(namespace)}
+        self.ns_type = type(namespace)
         self.module_globals: dict[int, str] = {}
         self._buffer_size: dict[int, int] = {}  # pyarrow/torch buffer key -> bytes
         self._multi_roots: dict[int, set[int]] = {}  # MULTI id -> the roots that reach it
@@ -461,7 +462,7 @@ class _Walker:
         label, inref, keep = self.label, self.inref, self.keep
         kind_of, kinds_get = self.kind, self.kinds.get
         label_get, inref_get, root_refs_get = self.label.get, self.inref.get, root_refs.get
-        skip_ids, multi_roots = self.skip_ids, self._multi_roots
+        skip_ids, multi_roots, ns_type = self.skip_ids, self._multi_roots, self.ns_type
         getrefcount, getsizeof, get_referents = sys.getrefcount, sys.getsizeof, gc.get_referents
         local: set[int] = set()  # objects of other roots' regions this root reaches
         size = freed = nfile = count = new = 0
@@ -538,12 +539,11 @@ class _Walker:
                     # held from outside (their one reference is this edge), and need no entry.
                     if first and getrefcount(c) > edge_temps:
                         inref[ck] = inref_get(ck, 0) + 1
-                    if ck in skip_ids:
-                        continue
-                    ckind = kinds_get(type(c))
+                    tc = type(c)
+                    ckind = kinds_get(tc)
                     if ckind is None:
-                        ckind = kind_of(type(c))
-                    if ckind == _SKIP:
+                        ckind = kind_of(tc)
+                    if ckind == _SKIP or ((tc is dict or tc is ns_type) and ck in skip_ids):  # module dicts
                         continue
                     lab = label_get(ck)
                     if lab is None:
