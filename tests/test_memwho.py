@@ -274,7 +274,22 @@ def test_file_backed_part_grows_by_an_mmapped_file_that_was_read(tmp_path):
     assert abs((after - before) - size) <= 0.1 * size, (after - before, size)
 
 
-def test_other_heap_grows_by_memory_held_outside_the_names(traced):
+@pytest.mark.parametrize("tracing", [True, False], ids=["tracemalloc", "allocator statistics"])
+def test_other_heap_grows_by_memory_held_outside_the_names(tracing):
+    if tracing and tracemalloc.is_tracing():
+        pytest.skip("tracemalloc already running")
+    if tracing:
+        tracemalloc.start()
+    try:
+        if not tracing and census({}).breakdown.part("heap_other") is None:
+            pytest.skip("no allocator statistics here")
+        _other_heap_grows()
+    finally:
+        if tracing:
+            tracemalloc.stop()
+
+
+def _other_heap_grows():
     before = census({}).breakdown.part("heap_other")
     census_module.__dict__["_test_block"] = bytearray(32 * MiB)
     try:
