@@ -8,9 +8,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from .api import memit, memtrace, mprun, profile
+from .api import memit, memtrace, memwho, mprun, profile
 from .engine.peaks import lifetime_peak
-from .models import AllocResult, Comparison, MemitResult, MemitRun, MprunResult, Sample, compare
+from .models import AllocResult, Comparison, MemitResult, MemitRun, MemwhoResult, MprunResult, Sample, compare
 
 __version__ = "0.1.0"
 __all__ = [
@@ -18,6 +18,7 @@ __all__ = [
     "Comparison",
     "MemitResult",
     "MemitRun",
+    "MemwhoResult",
     "MprunResult",
     "Sample",
     "compare",
@@ -25,12 +26,13 @@ __all__ = [
     "load_ipython_extension",
     "memit",
     "memtrace",
+    "memwho",
     "mprun",
     "profile",
     "unload_ipython_extension",
 ]
 
-_MAGIC_NAMES = {"line": ("memit", "mprun", "memtrace", "memwatch"), "cell": ("memit", "mprun", "memtrace")}
+_MAGIC_NAMES = {"line": ("memit", "mprun", "memtrace", "memwatch", "memwho"), "cell": ("memit", "mprun", "memtrace")}
 
 
 def load_ipython_extension(ipython: Any) -> None:

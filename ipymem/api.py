@@ -19,14 +19,14 @@ import time
 import tracemalloc
 import types
 import weakref
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from types import CodeType
 from typing import Any, TypeVar
 
 from . import engine
 from .engine.codes import nested_functions, stand_in
 from .engine.linetrace import DEFAULT_MIN_INTERVAL, code_of, make_meter
-from .models import AllocResult, MemitResult, MprunResult
+from .models import AllocResult, MemitResult, MemwhoResult, MprunResult
 from .models.lines import merge_results, merge_steps
 from .render.lines import mprun_text
 
@@ -497,6 +497,37 @@ def memtrace(
         statement=f"{_name(func)}(...)",
     )
     _reraise(error)
+    return result
+
+
+def memwho(
+    namespace: Mapping[str, Any] | None = None,
+    /,
+    pattern: str | None = None,
+    *,
+    top: int | None = None,
+    show_all: bool = False,
+    budget: float = 5.0,
+    trim: bool = False,
+) -> MemwhoResult:
+    """Which names of ``namespace`` hold memory, what ``del`` would free, and what RSS is made of (``%memwho``).
+
+    ``namespace`` defaults to the caller's globals.  Names starting with
+    ``_`` are hidden (``show_all=True`` lists them); ``pattern`` is a glob on
+    the names shown.  The walk stops after ``budget`` seconds and says so.
+    ``trim=True`` first runs a garbage collection and ``malloc_trim(0)``.
+
+    >>> big = bytearray(10**6)
+    >>> round(memwho({"big": big}).row("big").freed_if_deleted / 1e6)  # doctest: +SKIP
+    1
+    """
+    if namespace is None:
+        import sys
+
+        namespace = sys._getframe(1).f_globals
+    result = engine.census(namespace, pattern=pattern, top=top, show_all=show_all, budget=budget, trim=trim)
+    if result.outcome == "interrupted":
+        raise KeyboardInterrupt
     return result
 
 

@@ -24,17 +24,20 @@ from .engine.interrupts import Deferred, deferred_interrupts
 from .engine.linetrace import code_of, profile_lines
 from .files import writable_file
 from .live import MemWatch, live_view
-from .models import AllocResult, MemitResult, MprunResult
-from .render import alloc_html, alloc_text, memit_html, memit_text, mprun_html, mprun_text
+from .models import AllocResult, MemitResult, MemwhoResult, MprunResult
+from .render import alloc_html, alloc_text, memit_html, memit_text, memwho_html, memwho_text, mprun_html, mprun_text
 from .render.chart import alloc_peak, alloc_title, memit_peak, memit_title
 from .shell import (
     Opt,
+    ProgressLine,
     call_engine,
     cell_files,
     cell_label,
     compile_user_code,
     make_doc,
     non_negative_int,
+    output_bookkeeping,
+    output_holders,
     parse,
     positive_float,
     positive_int,
@@ -42,6 +45,7 @@ from .shell import (
     require_statement,
     resolve_function,
     store_name,
+    usage_line,
 )
 
 MEMIT_TAIL = "statement"
@@ -141,6 +145,18 @@ MPRUN_OPTS = (
 )
 
 
+MEMWHO_TAIL = "[PATTERN]"
+MEMWHO_OPTS = (
+    Opt("n", "Show the N largest names only.", "N", positive_int),
+    Opt("a", "Also list IPython's own and _-prefixed names, and every hidden holder however small."),
+    Opt("o", "Return the MemwhoResult object."),
+    Opt("q", "Quiet: print nothing."),
+    Opt("v", "Store the MemwhoResult in the user namespace under NAME.", "NAME", store_name),
+    Opt("trim", "First collect garbage and return free memory to the OS (malloc_trim); report how much RSS came back."),
+    Opt("precision", "Decimal places of the MiB figures (default 2).", "N", non_negative_int, 2),
+)
+
+
 @contextlib.contextmanager
 def _sampling(sampler: engine.Sampler) -> Iterator[Deferred]:
     """Run ``sampler`` for the duration of the block; Ctrl-C is held while it starts and stops.
@@ -223,6 +239,10 @@ class MemoryMagics(Magics):
     @observe("reset_hwm")
     def _reset_hwm_changed(self, change: Any) -> None:
         engine.peaks.set_reset_hwm(change["new"])
+
+    memwho_budget = Float(
+        5.0, help="Seconds %memwho may spend walking the namespace; a walk cut short says what it covered."
+    ).tag(config=True)
 
     _memwatch: MemWatch | None = None
 
@@ -347,6 +367,35 @@ class MemoryMagics(Magics):
                 print(saved)
             args["q"] = True  # the report is in the file: -o and -v still give the result
         return self._finish(result, error, args, mprun_text, mprun_html)
+
+    @line_magic
+    def memwho(self, line: str = "") -> MemwhoResult | None:
+        __tracebackhide__ = True
+        args = parse("memwho", line, MEMWHO_OPTS, MEMWHO_TAIL)
+        pattern = args.rest or None
+        if pattern is not None and len(pattern.split()) > 1:
+            raise UsageError(
+                f"%memwho: expected one name pattern, got {pattern!r}\nUsage: "
+                + usage_line("memwho", MEMWHO_OPTS, MEMWHO_TAIL)
+            )
+        progress = ProgressLine()
+        try:
+            result = engine.census(
+                self.shell.user_ns,
+                hidden=self.shell.user_ns_hidden,
+                holders=output_holders(self.shell),
+                bookkeeping=output_bookkeeping(self.shell),
+                pattern=pattern,
+                top=args.n,
+                show_all=args.a,
+                budget=self.memwho_budget,
+                trim=args.trim,
+                progress=None if args.q else progress,
+            )
+        finally:
+            progress.close()
+        error = KeyboardInterrupt() if result.outcome == "interrupted" else None
+        return self._finish(result, error, args, memwho_text, memwho_html)
 
     def _label(self, filename: str) -> str:
         return cell_label(self.shell, filename)
@@ -537,5 +586,37 @@ class MemoryMagics(Magics):
           In [3]: %%mprun
              ...: import numpy as np
              ...: x = np.ones(10**7)
+        """,
+    )
+
+    memwho.__doc__ = make_doc(
+        "Which of your variables hold memory, what del would give back, and what RSS is made of.",
+        "memwho",
+        MEMWHO_OPTS,
+        MEMWHO_TAIL,
+        """
+        One row per name (matching the glob PATTERN), largest first: Size is
+        the bytes of everything reachable from the name, each object once
+        (numpy arrays by their data buffer, pandas by its blocks, pyarrow and
+        CPU torch by their buffers, containers, instances and closures deep);
+        "Freed if deleted" is the part nothing else alive reaches, what
+        `del name` gives back.  Names that share memory say so.  Hidden
+        holders (the output cache Out[N] and _N, sys.last_traceback) are
+        listed when they alone keep 1 MiB or more alive.
+
+        The footer splits process RSS: objects the names hold, other Python
+        heap (tracemalloc when tracing, else the allocator's statistics),
+        free memory glibc malloc and pymalloc keep for reuse, file-backed and
+        shared pages, and the rest (never forced to zero).  --trim runs
+        gc.collect() and malloc_trim(0) first and says how much RSS came back.
+
+        The walk calls no user code and stops after
+        %config MemoryMagics.memwho_budget seconds (default 5), saying what it covered.
+
+        Examples::
+
+          In [1]: %memwho
+          In [2]: %memwho -n 5 df*
+          In [3]: %memwho --trim
         """,
     )

@@ -506,3 +506,69 @@ def publish(text: str, html: str) -> None:
     from IPython.display import display
 
     display({"text/plain": text, "text/html": html}, raw=True)
+
+
+# -- %memwho ---------------------------------------------------------------------
+
+
+def output_bookkeeping(shell: Any) -> list[Any]:
+    """IPython's other references to cached outputs: the display hook's ``_``/``__``/``___`` and the hidden copies.
+
+    ``push(..., interactive=False)`` keeps each cache name's value in
+    ``user_ns_hidden`` too; both go when the cache is cleared (``%reset out``).
+    """
+    refs = []
+    hook = getattr(shell, "displayhook", None)
+    for attr in ("_", "__", "___"):
+        value = getattr(hook, attr, None)
+        if value is not None and not (isinstance(value, str) and value == ""):
+            refs.append(value)
+    hidden = getattr(shell, "user_ns_hidden", {})
+    for name, value in list(hidden.items()):
+        if (name in ("_", "__", "___") or (name[1:].isdigit() and name[:1] == "_")) and value is not None:
+            refs.append(value)
+    return refs
+
+
+def output_holders(shell: Any) -> dict[str, Any]:
+    """References IPython keeps to past results that the user namespace does not show, by label.
+
+    The output cache (``Out[12]``; its ``_12``, ``_``, ``__`` names are in the
+    namespace already) and the execution results that keep the last value
+    displayed.  Each is one real reference, which the census counts as a holder.
+    """
+    holders: dict[str, Any] = {}
+    out = shell.user_ns.get("Out")
+    if isinstance(out, dict):
+        for n, value in list(out.items()):
+            holders[f"Out[{n}]"] = value
+    last = getattr(shell, "last_execution_result", None)
+    if getattr(last, "result", None) is not None:
+        holders["IPython's last execution result"] = last.result
+    current = getattr(getattr(shell, "displayhook", None), "exec_result", None)
+    if current is not None and current is not last and getattr(current, "result", None) is not None:
+        holders["IPython's current execution result"] = current.result
+    return holders
+
+
+class ProgressLine:
+    """A one-line progress report on stderr for long walks, rewritten in place (``\\r``) and erased at the end."""
+
+    def __init__(self, stream: Any = None) -> None:
+        self.stream = stream if stream is not None else sys.stderr
+        self.width = 0
+
+    def __call__(self, p: Any) -> None:
+        text = (
+            f"%memwho: {p.objects:,} objects walked in {p.elapsed:.1f} s, "
+            f"{p.names_walked} of {p.names_total} names (now {p.current})"
+        )
+        self.width = max(self.width, len(text))
+        self.stream.write("\r" + text.ljust(self.width))
+        self.stream.flush()
+
+    def close(self) -> None:
+        if self.width:
+            self.stream.write("\r" + " " * self.width + "\r")
+            self.stream.flush()
+            self.width = 0

@@ -30,6 +30,7 @@ from ..models import MemitParams, MemitResult, MemitRun, outcome_of
 from . import peaks
 from .interrupts import deferred_interrupts
 from .probes import PEAK_HWM, PEAK_RU_MAXRSS, PEAK_SAMPLED, Probe, rss_note, shared_probe
+from .rssparts import allocator_free, retained_hint
 from .sampler import Sampler, ThreadActivity
 
 
@@ -82,6 +83,7 @@ def memit(
     users_heap = params.trace_heap and peaks.heap_tracing.users_tracing()
     activity = ThreadActivity().start()
     sampler.activity = activity
+    free_before: int | None = None
     try:
         # Inside the try, so an interrupt landing just after the deferral still reaches the finally.
         # gc.collect() is deferred too: an interrupt landing in a gc callback would be lost.
@@ -91,6 +93,7 @@ def memit(
                 acquired_heap = True
             if collect:
                 gc.collect()
+            free_before = allocator_free()
         if held.received:
             raise KeyboardInterrupt
         budget_start = time.perf_counter()
@@ -125,6 +128,10 @@ def memit(
             + (", ..." if len(others) > 3 else "")
             + "): RSS is the whole process's, so their memory is included"
         )
+    if runs and free_before is not None:
+        hint = retained_hint(runs[-1].end - runs[0].baseline, (allocator_free() or 0) - free_before)
+        if hint:
+            notes.append(hint)
     if rss_note(probe):
         notes.append(rss_note(probe))
     if include_children and methods != {PEAK_SAMPLED}:

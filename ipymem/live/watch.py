@@ -20,6 +20,7 @@ from typing import Any
 
 from ..engine import peaks
 from ..engine.probes import shared_probe
+from ..engine.rssparts import allocator_free, retained_hint
 
 MiB = 1024 * 1024
 
@@ -42,6 +43,7 @@ class MemWatch:
         self.chart: Any = None
         self._start: tuple[int, float] | None = None
         self._window: peaks.Window | None = None
+        self._free: int | None = None  # allocator-free bytes at the cell's start, for the retained-RSS hint
         self.lines: list[str] = []
 
     def on(self) -> None:
@@ -100,6 +102,7 @@ class MemWatch:
         )
         if not self.view.enabled:
             self.view = None
+        self._free = allocator_free()
         baseline = self.probe.rss()
         self._window = peaks.rss_peaks.open()  # shared with any magic the cell runs: each keeps its peak
         self._start = (baseline, time.perf_counter())
@@ -120,6 +123,9 @@ class MemWatch:
             sampled = self.view.sampler.timeline.max_value
         peak = max(now, baseline, exact or 0, sampled or 0)
         line = compact_line(now - baseline, peak - baseline, seconds)
+        if self._free is not None:
+            hint = retained_hint(now - baseline, (allocator_free() or 0) - self._free)
+            line += f" ({hint})" if hint else ""
         self.lines.append(line)
         del self.lines[:-100]
         html = (  # the theme's secondary text colour, inherited where the frontend has no JupyterLab variables

@@ -11,6 +11,7 @@ from .alloc import AllocEntry, AllocFrame, AllocParams, AllocResult
 from .compare import Comparison, Metric, compare
 from .lines import FunctionProfile, LineStats, MprunParams, MprunResult
 from .memit import ERROR, INTERRUPTED, MemitParams, MemitResult, MemitRun, Sample, outcome_of
+from .memwho import MemwhoParams, MemwhoResult, MemwhoRow, RssBreakdown, RssPart
 
 __all__ = [
     "ERROR",
@@ -25,9 +26,14 @@ __all__ = [
     "MemitParams",
     "MemitResult",
     "MemitRun",
+    "MemwhoParams",
+    "MemwhoResult",
+    "MemwhoRow",
     "Metric",
     "MprunParams",
     "MprunResult",
+    "RssBreakdown",
+    "RssPart",
     "Sample",
     "compare",
     "outcome_of",

@@ -16,6 +16,7 @@ from typing import Any
 from .alloc import AllocResult
 from .lines import MprunResult
 from .memit import MemitResult
+from .memwho import MemwhoResult
 
 BYTES = "bytes"
 SECONDS = "seconds"
@@ -88,7 +89,7 @@ class Comparison:
         return compare_html(self)
 
 
-Result = MemitResult | MprunResult | AllocResult
+Result = MemitResult | MprunResult | AllocResult | MemwhoResult
 
 
 def compare(*results: Result | Mapping[str, Result], labels: list[str] | tuple[str, ...] | None = None) -> Comparison:
@@ -107,7 +108,10 @@ def compare(*results: Result | Mapping[str, Result], labels: list[str] | tuple[s
     kinds = {type(r) for r in results}
     if len(kinds) > 1 or not kinds <= _KINDS.keys():
         names = ", ".join(sorted(type(r).__name__ for r in results))
-        raise TypeError(f"compare: expected results of one kind (MemitResult, MprunResult or AllocResult), got {names}")
+        raise TypeError(
+            "compare: expected results of one kind (MemitResult, MprunResult, AllocResult or MemwhoResult), "
+            f"got {names}"
+        )
     if labels is not None and len(labels) != len(results):
         raise ValueError(f"compare: {len(results)} results but {len(labels)} labels")
     magic, headlines = _KINDS[type(results[0])]
@@ -182,5 +186,40 @@ def _memtrace(results: Any) -> tuple[list[Metric], Any]:
     return metrics, extract
 
 
+#: Short names of the RSS parts (their full labels are in each result's breakdown).
+_RSS_SHORT = {
+    "objects": "held by the names",
+    "heap_other": "other heap",
+    "malloc_free": "free in malloc",
+    "pymalloc_free": "free in pymalloc",
+    "file": "file-backed and shared",
+    "rest": "the rest",
+}
+
+
+def _memwho(results: Any) -> tuple[list[Metric], Any]:
+    """Total held, RSS and its parts, then each name that is among the largest in any result: what grew."""
+    keys = [p.key for p in results[0].breakdown.parts]
+    metrics = [Metric("Held by the names (walked, each object once)", BYTES), Metric("RSS", BYTES)]
+    metrics += [Metric(f"RSS: {_RSS_SHORT.get(k, k)}", BYTES, signed=k == "rest") for k in keys]
+    names: list[str] = []
+    for r in results:
+        for row in r.rows[:10]:
+            if row.name not in names:
+                names.append(row.name)
+    metrics += [Metric(f"{name} (size)", BYTES) for name in names]
+
+    def extract(r: MemwhoResult) -> list[int | float | None]:
+        sizes = {row.name: row.size for row in r.rows}
+        return [r.total, r.breakdown.rss, *(r.breakdown.part(k) for k in keys), *(sizes.get(n) for n in names)]
+
+    return metrics, extract
+
+
 #: Each result class: the magic that makes it, and its headline figures (metrics and how to read them).
-_KINDS = {MemitResult: ("%memit", _memit), MprunResult: ("%mprun", _mprun), AllocResult: ("%memtrace", _memtrace)}
+_KINDS = {
+    MemitResult: ("%memit", _memit),
+    MprunResult: ("%mprun", _mprun),
+    AllocResult: ("%memtrace", _memtrace),
+    MemwhoResult: ("%memwho", _memwho),
+}

@@ -9,6 +9,7 @@ from .alloc import alloc_html, alloc_text
 from .compare import compare_html, compare_text
 from .lines import mprun_html, mprun_text
 from .memit import memit_html, memit_text
+from .memwho import memwho_html, memwho_text
 
 __all__ = [
     "alloc_html",
@@ -17,6 +18,8 @@ __all__ = [
     "compare_text",
     "memit_html",
     "memit_text",
+    "memwho_html",
+    "memwho_text",
     "mprun_html",
     "mprun_text",
 ]
