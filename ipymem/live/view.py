@@ -139,6 +139,7 @@ class NullView:
 
     enabled = False
     error: str | None = None
+    cluster: Any = None
 
     def __init__(self, sampler: Sampler | None = None) -> None:
         self.sampler = sampler
@@ -172,6 +173,9 @@ class LiveView:
     """
 
     enabled = True
+    #: A Dask workers' measurement (:class:`~ipymem.engine.cluster.ClusterHandle`) whose scheduler
+    #: readings the label shows beside the kernel's; set by the magic that started it.
+    cluster: Any = None
 
     def __init__(
         self,
@@ -403,6 +407,11 @@ class LiveView:
             )
         if self.heap_sampler is not None and self.heap_sampler.timeline.last is not None:
             text += f" · Python heap {self.heap_sampler.timeline.last.rss / MiB:,.1f} MiB"
+        samples = getattr(self.cluster, "samples", None)
+        if samples:  # the scheduler's latest heartbeats: the highest worker and all of them
+            last = samples[-1]
+            text += f" · Dask workers (heartbeats): highest {last.highest / MiB:,.1f} MiB"
+            text += f", all {last.total / MiB:,.1f} MiB"
         return f"<span style='font-family:monospace;font-size:12px'>{text}</span>"
 
     # -- faults -----------------------------------------------------------------

@@ -17,6 +17,7 @@ import time
 from html import escape
 from typing import Any
 
+from ..engine import cluster as cluster_engine
 from ..engine.probes import shared_probe
 
 MiB = 1024 * 1024
@@ -39,6 +40,7 @@ class MemWatch:
         self.chart: Any = None
         self._start: tuple[int, float] | None = None
         self.lines: list[str] = []
+        self.cluster: Any = None  # the Dask workers' measurement of the running cell, when a client is active
 
     def on(self) -> None:
         from .view import widgets_supported
@@ -65,6 +67,7 @@ class MemWatch:
         self._close_view(None)
         self._start = None
         self.chart = None
+        self._stop_cluster()
 
     # -- events -------------------------------------------------------------------
     def pre_run_cell(self, info: Any = None) -> None:
@@ -84,6 +87,13 @@ class MemWatch:
         )
         if not self.view.enabled:
             self.view = None
+        self._stop_cluster()  # a cell whose post_run_cell never came
+        client = cluster_engine.default_client()
+        if client is not None:  # Dask workers too: two calls to the cluster per cell, each bounded
+            clock = self.view.sampler.elapsed if self.view is not None else None
+            self.cluster = cluster_engine.start(client, clock=clock)
+            if self.view is not None:
+                self.view.cluster = self.cluster
         baseline = self.probe.rss()
         self.probe.reset_peak()
         self._start = (baseline, time.perf_counter())
@@ -103,6 +113,7 @@ class MemWatch:
             sampled = self.view.sampler.timeline.max_value
         peak = max(now, baseline, exact or 0, sampled or 0)
         line = compact_line(now - baseline, peak - baseline, seconds)
+        line += self._cluster_line()
         self.lines.append(line)
         del self.lines[:-100]
         html = f"<div style='font-family:monospace;font-size:11px;color:#555'>{escape(line)}</div>"
@@ -114,6 +125,25 @@ class MemWatch:
             from IPython.display import display
 
             display(bundle, raw=True)
+
+    def _stop_cluster(self) -> dict[str, Any]:
+        handle, self.cluster = self.cluster, None
+        if handle is None:
+            return {}
+        workers = handle.stop()
+        self.cluster_notes = list(handle.notes)
+        return workers
+
+    def _cluster_line(self) -> str:
+        """`` · Dask 2 workers ...`` for the cell's line ("" without a cluster)."""
+        if self.cluster is None:
+            return ""
+        from ..render.cluster import workers_line
+
+        workers = self._stop_cluster()
+        parts = [workers_line(workers)] if workers else []
+        parts += self.cluster_notes
+        return "".join(f" · {p}" for p in parts if p)
 
     def _close_view(self, replace_with: dict[str, Any] | None) -> None:
         view, self.view = self.view, None

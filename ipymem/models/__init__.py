@@ -8,6 +8,7 @@ result has ``_repr_pretty_`` and ``_repr_html_``; rendering itself lives in
 """
 
 from .alloc import AllocEntry, AllocFrame, AllocParams, AllocResult
+from .cluster import ClusterSample, WorkerMemory
 from .compare import Comparison, Metric, compare
 from .lines import FunctionProfile, LineStats, MprunParams, MprunResult
 from .memit import ERROR, INTERRUPTED, MemitParams, MemitResult, MemitRun, Sample, outcome_of
@@ -19,6 +20,7 @@ __all__ = [
     "AllocFrame",
     "AllocParams",
     "AllocResult",
+    "ClusterSample",
     "Comparison",
     "FunctionProfile",
     "LineStats",
@@ -29,6 +31,7 @@ __all__ = [
     "MprunParams",
     "MprunResult",
     "Sample",
+    "WorkerMemory",
     "compare",
     "outcome_of",
 ]

@@ -139,6 +139,10 @@ def _memit(results: Any) -> tuple[list[Metric], Any]:
     ]
     if heap:
         metrics.append(Metric("Python heap peak (tracemalloc, above start)", BYTES))
+    cluster = any(r.workers for r in results)
+    if cluster:  # Dask workers: the highest worker's need, and the cluster's summed need
+        metrics.append(Metric("Highest Dask worker increment (worker RSS, peak − baseline)", BYTES))
+        metrics.append(Metric("Dask workers' increments, summed (worker RSS)", BYTES))
     metrics.append(Metric("Time", SECONDS))
 
     def extract(r: MemitResult) -> list[int | float | None]:
@@ -147,6 +151,9 @@ def _memit(results: Any) -> tuple[list[Metric], Any]:
         row: list[int | float | None] = [r.increment, r.peak, r.runs[-1].retained]
         if heap:
             row.append(r.heap_increment)
+        if cluster:
+            increments = [w.increment for w in r.workers.values() if w.increment is not None]
+            row += [max(increments), sum(increments)] if increments else [None, None]
         return [*row, r.duration]
 
     return metrics, extract

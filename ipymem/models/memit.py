@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
 from ._comparable import Comparable
+from .cluster import ClusterSample, WorkerMemory
 
 #: Values of a result's ``outcome`` other than ``"ok"``.
 INTERRUPTED = "interrupted"
@@ -86,6 +87,11 @@ class MemitResult(Comparable):
     ``"ok"``, ``"interrupted"`` (KeyboardInterrupt) or ``"error"`` (the
     statement raised ``error``); the runs that finished, and the partial one,
     are kept either way.
+
+    ``workers`` (when a Dask client was active) maps each worker's address
+    to its :class:`~ipymem.models.cluster.WorkerMemory` over the whole
+    measurement (all runs); ``cluster_timeline`` is the cluster as the
+    scheduler reported it meanwhile (total and highest worker).
     """
 
     statement: str
@@ -98,6 +104,8 @@ class MemitResult(Comparable):
     error: str | None = None
     timed_out: bool = False
     notes: tuple[str, ...] = ()
+    workers: dict[str, WorkerMemory] = field(default_factory=dict, hash=False)
+    cluster_timeline: tuple[ClusterSample, ...] = ()
 
     # -- derived figures -------------------------------------------------
     @property
@@ -142,6 +150,12 @@ class MemitResult(Comparable):
         return "high-water" in self.peak_method
 
     @property
+    def worker_increment(self) -> int | None:
+        """The largest increment of any Dask worker (RSS, bytes), or ``None`` without a cluster."""
+        values = [w.increment for w in self.workers.values() if w.increment is not None]
+        return max(values) if values else None
+
+    @property
     def ok(self) -> bool:
         return self.outcome == "ok"
 
@@ -154,6 +168,10 @@ class MemitResult(Comparable):
             data[name] = getattr(self, name)
         for run, raw in zip(self.runs, data["runs"], strict=True):
             raw.update(increment=run.increment, retained=run.retained, heap_increment=run.heap_increment)
+        data["cluster_timeline"] = [list(s) for s in self.cluster_timeline]
+        data["worker_increment"] = self.worker_increment
+        for address, worker in self.workers.items():
+            data["workers"][address].update(increment=worker.increment, retained=worker.retained)
         return data
 
     # -- display ----------------------------------------------------------

@@ -1,0 +1,214 @@
+"""Dask workers measured by %memit and %memwatch, against a real LocalCluster of two process workers.
+
+One cluster for the module (starting one costs ~1 s); each test reads the
+worker addresses afresh, because the kill test makes the nanny restart a
+worker at a new address.  The fake-client tests at the end need no cluster.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import re
+import sys
+import time
+
+import pytest
+
+from ipymem.engine import cluster as cluster_engine
+from ipymem.models import MemitResult, compare
+
+from .conftest import MiB
+
+LINUX_HWM = os.path.exists("/proc/self/clear_refs")
+SPIKE = 300 * MiB
+
+
+#: Defined in the user's namespace, as a notebook user would: cloudpickle sends it by value, so the
+#: workers import nothing of this test module (which imports ipymem).
+SPIKE_SOURCE = """
+import time
+def spike(n=300 * 2**20):
+    # Allocate and touch n bytes, then free them: a transient of a few tens of ms.
+    t0 = time.perf_counter()
+    block = b"x" * n  # memset: every page resident
+    del block
+    return time.perf_counter() - t0
+"""
+
+
+@pytest.fixture(scope="module")
+def dask_client():
+    distributed = pytest.importorskip("distributed")
+    cluster = distributed.LocalCluster(
+        n_workers=2, threads_per_worker=1, processes=True, host="127.0.0.1", dashboard_address=None
+    )
+    client = distributed.Client(cluster)
+    try:
+        yield client
+    finally:
+        client.close()
+        cluster.close()
+
+
+def workers(client) -> list[str]:
+    return sorted(client.scheduler_info()["workers"])
+
+
+@pytest.fixture
+def cip(ip, dask_client):
+    """The test shell with the client in its namespace as ``client``, and the spike function as ``spike``."""
+    ip.user_ns.update(client=dask_client)
+    ip.run_cell(SPIKE_SOURCE)
+    ip.clear()
+    return ip
+
+
+pytestmark = pytest.mark.cluster
+
+
+@pytest.mark.skipif(not LINUX_HWM, reason="exact worker peaks need Linux clear_refs")
+def test_transient_on_one_worker_gives_it_the_increment_and_the_other_none(cip, dask_client):
+    a, b = workers(dask_client)
+    cip.user_ns.update(a=a)
+    r = cip.line("memit", "-o client.submit(spike, workers=[a], pure=False).result()")
+    assert isinstance(r, MemitResult)
+    assert set(r.workers) == {a, b}
+    wa, wb = r.workers[a], r.workers[b]
+    assert wa.exact and wb.exact and wa.status == wb.status == "ok"
+    assert abs(wa.increment - SPIKE) < 0.05 * SPIKE, wa
+    assert wb.increment < 4 * MiB, wb
+    assert wa.end - wa.baseline < 16 * MiB  # the spike was freed: a transient, gone before the end
+    # the kernel's own figures are still the kernel's: it allocated nothing like 300 MiB
+    assert r.increment < 50 * MiB
+    # shown per worker, in text and HTML
+    (text,) = cip.texts()
+    assert "Dask workers" in text and a in text and b in text and "VmHWM" in text
+    (html,) = cip.htmls()
+    assert "ipymem-workers" in html and a in html and "Managed" in html
+    # kept: to_dict (JSON), compare
+    data = json.loads(json.dumps(r.to_dict()))
+    assert data["workers"][a]["increment"] == wa.increment and data["workers"][a]["method"] == wa.method
+    cmp = compare(r, r)
+    names = [m.name for m in cmp.metrics]
+    assert any("Highest Dask worker increment" in n for n in names)
+    assert cmp.records()[0][names[names.index(next(n for n in names if "Highest Dask" in n))]] == wa.increment
+
+
+def test_nothing_is_left_on_the_workers(cip, dask_client):
+    cip.line("memit", "-q client.submit(sum, [1, 2], pure=False).result()")
+    left = dask_client.run(lambda: sorted(m for m in sys.modules if m.startswith("ipymem")))
+    assert all(mods == [] for mods in left.values()), left
+    assert [t for t in __import__("threading").enumerate() if t.name == "ipymem-cluster"] == []
+
+
+def test_no_cluster_option_and_bad_cluster_names(cip, dask_client):
+    from IPython.core.error import UsageError
+
+    r = cip.line("memit", "-o -q --no-cluster x = 1")
+    assert r.workers == {}
+    with pytest.raises(UsageError, match="names no variable"):
+        cip.line("memit", "--cluster nosuch x = 1")
+    cip.user_ns["notaclient"] = 42
+    with pytest.raises(UsageError, match=r"not a distributed\.Client"):
+        cip.line("memit", "--cluster notaclient x = 1")
+
+
+def test_client_closed_mid_cell_does_not_hang_and_keeps_the_kernel_figures(cip, dask_client):
+    import distributed
+
+    other = distributed.Client(dask_client.cluster, set_as_default=False)
+    cip.user_ns["other"] = other
+    r = cip.line("memit", "-o --cluster other x = bytearray(40 * 2**20); other.close()")
+    assert other.status == "closed"
+    assert 36 * MiB < r.increment < 60 * MiB  # the kernel's measurement is intact
+    assert any("Dask cluster not measured" in n for n in r.notes), r.notes
+    assert all(w.status == "unreachable" for w in r.workers.values())
+    (text,) = cip.texts()
+    assert "Dask cluster not measured" in text
+
+
+@pytest.mark.skipif(not LINUX_HWM, reason="exact worker peaks need Linux clear_refs")
+def test_memwatch_reports_the_workers_per_cell(cip, dask_client):
+    a, _ = workers(dask_client)
+    cip.user_ns.update(a=a)
+    cip.line("memwatch", "on")
+    try:
+        cip.clear()
+        cip.run_cell("client.submit(spike, workers=[a], pure=False).result()")
+        cip.run_cell("y = 1")
+    finally:
+        cip.line("memwatch", "off")
+    lines = [t for t in cip.texts() if t.startswith("used ")]
+    assert len(lines) == 2, cip.texts()
+    assert "Dask 2 workers (RSS, exact peaks): highest peak +" in lines[0]
+    assert abs(_highest(lines[0]) - SPIKE) < 0.05 * SPIKE, lines[0]
+    assert "Dask 2 workers (RSS, exact peaks)" in lines[1], lines[1]
+    assert _highest(lines[1]) < 4 * MiB, lines[1]  # per cell: the second cell allocated nothing
+
+
+def _highest(line: str) -> float:
+    return float(re.search(r"highest peak \+?([\d,.]+) MiB", line).group(1).replace(",", "")) * MiB
+
+
+def test_worker_killed_mid_cell_is_reported(cip, dask_client):
+    a, b = workers(dask_client)
+    name_b = dask_client.scheduler_info()["workers"][b]["name"]
+    pid_b = dask_client.run(os.getpid, workers=[b])[b]
+    cip.user_ns.update(b=b, pid_b=pid_b, wait_for_restart=_wait_for_restart)
+    r = cip.line("memit", "-o import os, signal; os.kill(pid_b, signal.SIGKILL); wait_for_restart(client, b)")
+    assert r.workers[b].status in ("restarted", "left")
+    assert r.workers[b].peak is not None and r.workers[b].end is None
+    new = [w for w in r.workers.values() if w.address not in (a, b)]
+    assert len(new) == 1 and new[0].status == "restarted" and new[0].name == str(name_b)
+    assert new[0].baseline is None and new[0].increment is None and new[0].end > 0
+    assert r.workers[a].status == "ok"
+    (text,) = cip.texts()
+    assert "restarted" in text and b in text
+
+
+def _wait_for_restart(client, old: str, deadline: float = 60.0) -> None:
+    """Inside the measured cell: wait until the nanny's new worker has joined (two workers, ``old`` gone)."""
+    end = time.monotonic() + deadline
+    while time.monotonic() < end:
+        now = set(client.scheduler_info()["workers"])
+        if old not in now and len(now) == 2:
+            return
+        time.sleep(0.05)
+    raise AssertionError("the killed worker was not restarted")
+
+
+# -- without a cluster: fake clients -------------------------------------------------------------------
+
+
+class _SlowClient:
+    """Answers nothing: every call times out after its callback_timeout (recorded)."""
+
+    status = "running"
+
+    def __init__(self) -> None:
+        self.timeouts: list[float | None] = []
+        self.scheduler = type("Rpc", (), {"identity": staticmethod(lambda **kw: None)})()
+
+    def run(self, *args, callback_timeout=None, **kwargs):
+        self.timeouts.append(callback_timeout)
+        raise asyncio.TimeoutError
+
+    def sync(self, *args, callback_timeout=None, **kwargs):
+        self.timeouts.append(callback_timeout)
+        raise asyncio.TimeoutError
+
+    def scheduler_info(self):
+        raise AssertionError("not used")
+
+
+def test_unreachable_scheduler_is_one_note_and_every_call_has_a_timeout(ip):
+    client = _SlowClient()
+    ip.user_ns["slow"] = client
+    r = ip.line("memit", "-o --cluster slow x = bytearray(20 * 2**20)")
+    assert 16 * MiB < r.increment < 40 * MiB
+    assert r.workers == {}
+    (note,) = [n for n in r.notes if "Dask" in n]
+    assert note.startswith("Dask cluster not measured (reading the workers failed: no answer within 5 s)")
+    assert client.timeouts and all(t == cluster_engine.TIMEOUT for t in client.timeouts)
