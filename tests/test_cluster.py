@@ -11,7 +11,9 @@ import asyncio
 import json
 import os
 import re
+import signal
 import sys
+import threading
 import time
 
 import pytest
@@ -100,7 +102,7 @@ def test_nothing_is_left_on_the_workers(cip, dask_client):
     cip.line("memit", "-q client.submit(sum, [1, 2], pure=False).result()")
     left = dask_client.run(lambda: sorted(m for m in sys.modules if m.startswith("ipymem")))
     assert all(mods == [] for mods in left.values()), left
-    assert [t for t in __import__("threading").enumerate() if t.name == "ipymem-cluster"] == []
+    assert [t for t in threading.enumerate() if t.name == "ipymem-cluster"] == []
 
 
 def test_no_cluster_option_and_bad_cluster_names(cip, dask_client):
@@ -179,6 +181,19 @@ def _wait_for_restart(client, old: str, deadline: float = 60.0) -> None:
     raise AssertionError("the killed worker was not restarted")
 
 
+def test_ctrl_c_mid_cell_reports_the_workers_and_reraises(cip, dask_client, python_sigint_handler):
+    # The measured statement arms the interrupt itself, so however slow the machine, it lands mid-run.
+    cip.user_ns["interrupt_soon"] = lambda: threading.Timer(0.2, os.kill, (os.getpid(), signal.SIGINT)).start()
+    with pytest.raises(KeyboardInterrupt):
+        cip.cell("memit", "-v partial import time", "interrupt_soon()\nfor _ in range(200): time.sleep(0.05)\n")
+    r = cip.user_ns["partial"]
+    assert r.outcome == "interrupted"
+    assert set(r.workers) == set(workers(dask_client)) and all(w.status == "ok" for w in r.workers.values())
+    (text,) = cip.texts()
+    assert "interrupted" in text and "Dask workers" in text
+    assert [t for t in threading.enumerate() if t.name == "ipymem-cluster"] == []
+
+
 # -- without a cluster: fake clients -------------------------------------------------------------------
 
 
@@ -212,3 +227,39 @@ def test_unreachable_scheduler_is_one_note_and_every_call_has_a_timeout(ip):
     (note,) = [n for n in r.notes if "Dask" in n]
     assert note.startswith("Dask cluster not measured (reading the workers failed: no answer within 5 s)")
     assert client.timeouts and all(t == cluster_engine.TIMEOUT for t in client.timeouts)
+
+
+# -- the chart: highest worker and all workers, live and in plot() ------------------------------------
+
+
+class _FakeHandle:
+    def __init__(self, samples):
+        self.samples = samples
+
+
+def test_live_view_and_plot_show_the_highest_worker_and_the_total():
+    from ipymem.live.view import LiveView
+    from ipymem.models import ClusterSample, MemitRun, Sample
+
+    from .test_live import FakeFrontend
+
+    samples = [ClusterSample(0.0, 200 * MiB, 100 * MiB), ClusterSample(0.5, 500 * MiB, 400 * MiB)]
+    fe = FakeFrontend()
+    view = LiveView(fe, title="%memit", refresh=0.02, budget=1.0)
+    view.cluster = _FakeHandle(samples)
+    with view:
+        pass
+    assert "Dask workers (heartbeats): highest 400.0 MiB, all 500.0 MiB" in fe.shown[1]
+    highest, total = view._chart._ipymem_cluster_lines
+    assert max(highest.get_ydata()) == 400 and max(total.get_ydata()) == 500
+    assert view._chart.ax.get_ylim()[1] >= 500  # the axes hold the workers, not only the kernel
+    assert fe.finished and "image/png" in fe.finished[0]
+    result = MemitResult(
+        statement="x",
+        runs=(MemitRun(baseline=80 * MiB, peak=81 * MiB, end=80 * MiB, duration=1.0, samples=2),),
+        timeline=(Sample(0.0, 80 * MiB), Sample(1.0, 80 * MiB)),
+        cluster_timeline=tuple(samples),
+    )
+    figure = result.plot()
+    legend = [t.get_text() for t in figure.axes[0].get_legend().get_texts()]
+    assert legend == ["kernel RSS", "highest Dask worker RSS (heartbeats)", "all workers (heartbeats)"]

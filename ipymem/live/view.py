@@ -368,6 +368,10 @@ class LiveView:
             markers = list(self.markers)
         title = self._summary() if final else ""
         self._chart.update(samples, heap, markers, title, sticky=not final)
+        if self.cluster is not None or hasattr(self._chart, "_ipymem_cluster_lines"):
+            from .cluster_chart import draw_cluster
+
+            draw_cluster(self._chart, list(getattr(self.cluster, "samples", ())))
         png = self._chart.png() if final else self._chart.live_png()
         self.frames += 1
         return png, self._label(live=not final)

@@ -179,13 +179,22 @@ class MemitResult(Comparable):
         """The timeline as a new matplotlib ``Figure`` (made without pyplot), to style or ``savefig``.
 
         Needs matplotlib.  The heap is not in the timeline (only its peak is
-        kept), so the chart shows RSS.
+        kept), so the chart shows RSS; with Dask workers, also the highest
+        worker's and all workers' RSS as the scheduler's heartbeats reported them.
         """
         from ..live.chart import plot_timeline
 
         if title is None:
             title = f"%memit · peak {self.peak / 2**20:,.1f} MiB · increment {self.increment / 2**20:,.1f} MiB"
-        return plot_timeline(self.timeline, title=title)
+        if not self.cluster_timeline:
+            return plot_timeline(self.timeline, title=title)
+        from ..live.chart import Chart  # the Dask workers beside the kernel: highest worker and all of them
+        from ..live.cluster_chart import draw_cluster
+
+        chart = Chart()
+        chart.update(self.timeline, title=title)
+        draw_cluster(chart, self.cluster_timeline)
+        return chart.figure
 
     def __str__(self) -> str:
         from ..render.memit import memit_text
