@@ -94,8 +94,28 @@ def test_transient_on_one_worker_gives_it_the_increment_and_the_other_none(cip, 
     assert data["workers"][a]["increment"] == wa.increment and data["workers"][a]["method"] == wa.method
     cmp = compare(r, r)
     names = [m.name for m in cmp.metrics]
-    assert any("Highest Dask worker increment" in n for n in names)
-    assert cmp.records()[0][names[names.index(next(n for n in names if "Highest Dask" in n))]] == wa.increment
+    assert "Highest worker increment (Dask, RSS)" in names
+    assert cmp.records()[0]["Highest worker increment (Dask, RSS)"] == wa.increment
+    assert cmp.records()[0]["Workers' increments summed (Dask, RSS)"] == wa.increment + wb.increment
+
+
+def test_memory_freed_just_before_the_statement_is_not_counted(cip, dask_client):
+    # The scheduler still holds the last heartbeat, sent while the worker held 200 MiB: a sampled
+    # peak taken from it would read 200 MiB too high.  Only heartbeats sent after the baseline count.
+    _, b = workers(dask_client)
+    cip.user_ns.update(b=b)
+    cip.run_cell("held = client.submit(lambda: b'x' * (200 * 2**20), workers=[b], pure=False); held.result()")
+    time.sleep(1.2)  # a heartbeat with the 200 MiB reaches the scheduler
+    cip.run_cell("del held")
+
+    def released():
+        return dask_client.run(lambda dask_worker: len(dask_worker.data), workers=[b])[b] == 0
+
+    deadline = time.monotonic() + 30
+    while not released() and time.monotonic() < deadline:
+        time.sleep(0.01)
+    r = cip.line("memit", "-o -q x = 1")
+    assert r.workers[b].increment < 4 * MiB, r.workers[b]
 
 
 def test_nothing_is_left_on_the_workers(cip, dask_client):

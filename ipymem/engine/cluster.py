@@ -110,8 +110,9 @@ def _worker_reader() -> Callable[[bool], dict[str, Any]]:
     def ipymem_read_memory(reset: bool, dask_worker: Any = None) -> dict[str, Any]:
         import os
         import sys
+        import time
 
-        out: dict[str, Any] = {"pid": os.getpid(), "reset": False}
+        out: dict[str, Any] = {"pid": os.getpid(), "reset": False, "time": time.time()}
         try:  # the names distributed's own heartbeat reads (Worker.get_metrics)
             out["managed"] = int(dask_worker.state.nbytes)
             try:
@@ -220,9 +221,6 @@ class ClusterHandle:
         readings = self._run_on_workers("reading the workers", reset=True)
         if readings is None:
             return
-        info = self._identity("asking the scheduler")
-        if info is not None:
-            self._absorb(info)
         with _open_lock:
             for address, reading in readings.items():
                 if not isinstance(reading, dict):
@@ -232,6 +230,9 @@ class ClusterHandle:
                     for other in _open:  # the high-water mark we just erased belongs to them too
                         other._fold(address, reading["pid"], reading["hwm"])
             _open.append(self)
+        info = self._identity("asking the scheduler")
+        if info is not None:
+            self._absorb(info)
         self._thread = threading.Thread(target=self._sample, name=THREAD_PREFIX + "cluster", daemon=True)
         self._thread.start()
 
@@ -247,8 +248,14 @@ class ClusterHandle:
         with self._lock:
             for address, w in workers.items():
                 self._names[address] = str(w.get("name", ""))
-                rss = int((w.get("metrics") or {}).get("memory") or 0)
-                self._seen[address] = max(self._seen.get(address, 0), rss)
+                metrics = w.get("metrics") or {}
+                rss = int(metrics.get("memory") or 0)
+                # A heartbeat counts towards a worker's peak only if the worker sent it after its
+                # baseline (both times from the worker's own clock): an older one may show memory
+                # freed before the statement started.
+                base = self._baseline.get(address)
+                if base is None or float(metrics.get("time") or 0) >= base.get("time", 0):
+                    self._seen[address] = max(self._seen.get(address, 0), rss)
                 total += rss
                 highest = max(highest, rss)
             if workers:

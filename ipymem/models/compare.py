@@ -141,8 +141,8 @@ def _memit(results: Any) -> tuple[list[Metric], Any]:
         metrics.append(Metric("Python heap peak (tracemalloc, above start)", BYTES))
     cluster = any(r.workers for r in results)
     if cluster:  # Dask workers: the highest worker's need, and the cluster's summed need
-        metrics.append(Metric("Highest Dask worker increment (worker RSS, peak − baseline)", BYTES))
-        metrics.append(Metric("Dask workers' increments, summed (worker RSS)", BYTES))
+        metrics.append(Metric("Highest worker increment (Dask, RSS)", BYTES))
+        metrics.append(Metric("Workers' increments summed (Dask, RSS)", BYTES))
     metrics.append(Metric("Time", SECONDS))
 
     def extract(r: MemitResult) -> list[int | float | None]:
