@@ -12,11 +12,15 @@ own RSS and its own kernel high-water mark):
   and the fallback peak where no high-water mark can be reset.  The workers
   are never polled while the statement runs.
 * ``stop``: one more ``client.run`` reads each worker's ``VmHWM`` (its exact
-  peak since the reset: a 300 MiB spike of 50 ms cannot hide) and its RSS
-  (the end), and one scheduler call gives the names and Dask's managed /
-  unmanaged split.  Workers are matched by address and process id, so a
-  worker that left, joined, or was restarted by its nanny (same name, new
-  process) is reported as such.
+  peak since the reset: a 300 MiB spike of 50 ms cannot hide), its RSS (the
+  end), its name and Dask's managed bytes (so the managed / unmanaged split
+  is of this moment, not of the last heartbeat).  Workers are matched by
+  address and process id, so a worker that left, joined, or was restarted
+  by its nanny (same name, new process) is reported as such.
+
+So the statement waits for two ``client.run`` round trips (a few ms each on
+one machine); the scheduler is asked only from the background thread (and
+once at the end if a worker could not give its own name and managed bytes).
 
 The functions sent to the workers are closures, which cloudpickle sends by
 value: the workers need neither ipymem nor anything else installed, and
@@ -114,6 +118,7 @@ def _worker_reader() -> Callable[[bool], dict[str, Any]]:
 
         out: dict[str, Any] = {"pid": os.getpid(), "reset": False, "time": time.time()}
         try:  # the names distributed's own heartbeat reads (Worker.get_metrics)
+            out["name"] = str(dask_worker.name)
             out["managed"] = int(dask_worker.state.nbytes)
             try:
                 out["spilled"] = int(dask_worker.data.spilled_total[1])
@@ -230,9 +235,7 @@ class ClusterHandle:
                     for other in _open:  # the high-water mark we just erased belongs to them too
                         other._fold(address, reading["pid"], reading["hwm"])
             _open.append(self)
-        info = self._identity("asking the scheduler")
-        if info is not None:
-            self._absorb(info)
+        self._absorb_readings(readings)
         self._thread = threading.Thread(target=self._sample, name=THREAD_PREFIX + "cluster", daemon=True)
         self._thread.start()
 
@@ -240,6 +243,17 @@ class ClusterHandle:
         key = (address, pid)
         with self._lock:
             self._folded[key] = max(self._folded.get(key, 0), value)
+
+    def _absorb_readings(self, readings: dict[str, Any]) -> None:
+        """Names, and a timeline point of the workers' exact RSS, from a ``client.run`` answer."""
+        ok = [r for r in readings.values() if isinstance(r, dict)]
+        with self._lock:
+            for address, r in readings.items():
+                if isinstance(r, dict) and "name" in r:
+                    self._names[address] = r["name"]
+            if ok:
+                rss = [r["rss"] for r in ok]
+                self.samples.append(ClusterSample(round(self.clock(), 4), sum(rss), max(rss)))
 
     def _absorb(self, info: dict[str, Any]) -> None:
         """Names, and each worker's heartbeat RSS, from a scheduler identity."""
@@ -263,11 +277,12 @@ class ClusterHandle:
                 del self.samples[:-4096]
 
     def _sample(self) -> None:
-        while not self._stop.wait(self.interval):
+        while not self._stop.is_set():
             info = self._identity("sampling the scheduler")
             if info is None:
                 return  # unreachable: stop asking rather than pile up timeouts
             self._absorb(info)
+            self._stop.wait(self.interval)
 
     def stop(self) -> dict[str, WorkerMemory]:
         """Stop sampling and read every worker's peak and end; ``{address: figures}``.  Idempotent."""
@@ -285,9 +300,14 @@ class ClusterHandle:
         if not self._baseline:
             return self.workers
         after = self._run_on_workers("reading the workers", reset=False) if self.reachable else None
-        final = self._identity("asking the scheduler") if self.reachable else None
-        if final is not None:
-            self._absorb(final)
+        final = None
+        if after is not None:
+            self._absorb_readings(after)
+            # The workers gave their names and managed bytes themselves; ask the scheduler only if not.
+            if any(not isinstance(r, dict) or "managed" not in r or "name" not in r for r in after.values()):
+                final = self._identity("asking the scheduler")
+                if final is not None:
+                    self._absorb(final)
         self.workers = self._figures(after, (final or {}).get("workers") or {})
         return self.workers
 
@@ -328,7 +348,7 @@ class ClusterHandle:
         for address, now in after_ok.items():
             if address in out:
                 continue
-            name = str((final.get(address) or {}).get("name", self._names.get(address, "")))
+            name = str(now.get("name", (final.get(address) or {}).get("name", self._names.get(address, ""))))
             managed, unmanaged = _split(final.get(address), now)
             restarted_from = gone_by_name.get(name) if name else None
             if restarted_from is not None:
