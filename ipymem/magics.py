@@ -439,6 +439,13 @@ class MemoryMagics(Magics):
         is the fallback where no high-water mark can be reset; the report
         says which method produced the peak.
 
+        With a Dask ``distributed.Client`` active (the default client, or
+        ``--cluster NAME``), every worker is measured too, the same way: each
+        worker's high-water mark is reset and read through ``client.run``,
+        and the report gets one row per worker (baseline, peak, increment,
+        end, Dask's managed / unmanaged split); workers that joined, left or
+        restarted are reported.  Every call to the cluster has a 5 s timeout.
+
         Examples::
 
           In [1]: %memit bytearray(200 * 2**20)
