@@ -170,6 +170,22 @@ def test_memwatch_reports_the_workers_per_cell(cip, dask_client):
     assert _highest(lines[1]) < 4 * MiB, lines[1]  # per cell: the second cell allocated nothing
 
 
+@pytest.mark.skipif(not LINUX_HWM, reason="exact worker peaks need Linux clear_refs")
+def test_a_memit_inside_a_watched_cell_does_not_erase_the_cells_worker_peak(cip, dask_client):
+    # The spike happens before the inner %memit resets the workers' high-water marks: the watch
+    # keeps it because the reset folds the erased value into every open measurement first.
+    a, _ = workers(dask_client)
+    cip.user_ns.update(a=a)
+    cip.line("memwatch", "on")
+    try:
+        cip.clear()
+        cip.run_cell("client.submit(spike, workers=[a], pure=False).result()\n%memit -q pass")
+    finally:
+        cip.line("memwatch", "off")
+    (line,) = [t for t in cip.texts() if t.startswith("used ")]
+    assert abs(_highest(line) - SPIKE) < 0.05 * SPIKE, line
+
+
 def _highest(line: str) -> float:
     return float(re.search(r"highest peak \+?([\d,.]+) MiB", line).group(1).replace(",", "")) * MiB
 
