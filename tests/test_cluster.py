@@ -299,3 +299,43 @@ def test_live_view_and_plot_show_the_highest_worker_and_the_total():
     figure = result.plot()
     legend = [t.get_text() for t in figure.axes[0].get_legend().get_texts()]
     assert legend == ["kernel RSS", "highest Dask worker RSS (heartbeats)", "all workers (heartbeats)"]
+
+
+class _FlakyClient:
+    """Two fake workers answered from this process; ``w2`` fails at the first call (the start)."""
+
+    status = "running"
+
+    def __init__(self) -> None:
+        self.calls = 0
+        self.scheduler = type("Rpc", (), {"identity": staticmethod(lambda **kw: None)})()
+
+    def run(self, fn, *args, on_error="raise", callback_timeout=None, **kwargs):
+        assert on_error == "return" and callback_timeout == cluster_engine.TIMEOUT
+        self.calls += 1
+        # reset=False: the readings are of this test process, whose high-water mark is not ours to reset
+        answer = {"w1": fn(False, dask_worker=None)}
+        answer["w2"] = OSError("connection refused") if self.calls == 1 else fn(False, dask_worker=None)
+        if self.calls > 1:
+            answer["w1"] = TimeoutError("too slow")
+        return answer
+
+    def sync(self, func, *args, callback_timeout=None, **kwargs):
+        assert callback_timeout == cluster_engine.TIMEOUT
+        return {"workers": {"w1": {"name": "one", "metrics": {"memory": 1}}, "w2": {"name": "two"}}}
+
+    def scheduler_info(self):
+        raise AssertionError("not used")
+
+
+def test_workers_that_do_not_answer_are_reported_not_guessed():
+    handle = cluster_engine.start(_FlakyClient(), interval=0.01)
+    figures = handle.stop()
+    w1, w2 = figures["w1"], figures["w2"]
+    # w1 answered at the start, not at the end: baseline kept, end unknown, peak only "at least"
+    assert w1.status == "unreachable" and w1.baseline > 0 and w1.end is None and not w1.exact
+    assert "did not answer at the end (TimeoutError: too slow)" in w1.detail
+    # w2 did not answer at the start: no baseline, so no increment, whatever it says at the end
+    assert w2.status == "unreachable" and w2.baseline is None and w2.increment is None and w2.end > 0
+    assert "did not answer at the start (OSError: connection refused)" in w2.detail
+    assert handle.stop() is figures  # idempotent

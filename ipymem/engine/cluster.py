@@ -177,6 +177,7 @@ class ClusterHandle:
         self._names: dict[str, str] = {}
         self._seen: dict[str, int] = {}  # address -> highest RSS any heartbeat reported
         self._folded: dict[tuple[str, int], int] = {}  # (address, pid) -> peak folded in by others' resets
+        self._unread: dict[str, str] = {}  # address -> why it did not answer at the start
         self._reader = _worker_reader()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -229,6 +230,7 @@ class ClusterHandle:
         with _open_lock:
             for address, reading in readings.items():
                 if not isinstance(reading, dict):
+                    self._unread[address] = _text(reading)
                     continue
                 self._baseline[address] = reading
                 if reading.get("reset") and "hwm" in reading:
@@ -319,16 +321,21 @@ class ClusterHandle:
         for address, base in self._baseline.items():
             name = self._names.get(address, "")
             now = after_ok.get(address)
-            if after is None:
+            if after is None or (address in after and now is None):
+                error = "" if after is None else f" ({_text(after[address])})"
+                seen = self._seen.get(address)
                 out[address] = WorkerMemory(
                     address,
                     name,
                     baseline=base["rss"],
-                    peak=self._seen.get(address),
+                    peak=max(base["rss"], seen) if seen is not None else None,
                     method=WORKER_SAMPLED,
                     status=UNREACHABLE,
                     pid=base["pid"],
-                    detail="the cluster did not answer at the end; peak from heartbeats seen",
+                    detail=(
+                        f"{'the cluster' if after is None else 'the worker'} did not answer at the end{error}; "
+                        "peak is at least the heartbeats seen"
+                    ),
                 )
             elif now is not None and now["pid"] == base["pid"]:
                 out[address] = self._measured(address, name, base, now, final.get(address))
@@ -347,6 +354,17 @@ class ClusterHandle:
                 )
         for address, now in after_ok.items():
             if address in out:
+                continue
+            if address in self._unread:  # there all along, but it did not answer at the start
+                out[address] = WorkerMemory(
+                    address,
+                    str(now.get("name", "")),
+                    end=now["rss"],
+                    method=WORKER_SAMPLED,
+                    status=UNREACHABLE,
+                    pid=now["pid"],
+                    detail=f"the worker did not answer at the start ({self._unread[address]}): no baseline",
+                )
                 continue
             name = str(now.get("name", (final.get(address) or {}).get("name", self._names.get(address, ""))))
             managed, unmanaged = _split(final.get(address), now)
@@ -417,6 +435,11 @@ def _split(info: dict[str, Any] | None, reading: dict[str, Any]) -> tuple[int | 
     managed = int(managed) - int(spilled.get("disk", 0) or 0) if isinstance(spilled, dict) else int(managed)
     managed = max(managed, 0)
     return managed, max(rss - managed, 0)
+
+
+def _text(error: object) -> str:
+    name = type(error).__name__
+    return f"{name}: {error}" if str(error) else name
 
 
 def _replace(worker: WorkerMemory, **changes: Any) -> WorkerMemory:
