@@ -19,7 +19,7 @@ import time
 import pytest
 
 from ipymem.engine import cluster as cluster_engine
-from ipymem.models import MemitResult, compare
+from ipymem.models import MemitResult, MemitRun, compare
 
 from .conftest import MiB
 
@@ -275,7 +275,7 @@ class _FakeHandle:
 
 def test_live_view_and_plot_show_the_highest_worker_and_the_total():
     from ipymem.live.view import LiveView
-    from ipymem.models import ClusterSample, MemitRun, Sample
+    from ipymem.models import ClusterSample, Sample
 
     from .test_live import FakeFrontend
 
@@ -339,3 +339,19 @@ def test_workers_that_do_not_answer_are_reported_not_guessed():
     assert w2.status == "unreachable" and w2.baseline is None and w2.increment is None and w2.end > 0
     assert "did not answer at the start (OSError: connection refused)" in w2.detail
     assert handle.stop() is figures  # idempotent
+
+
+def test_where_no_high_water_mark_can_be_reset_the_peak_is_sampled_and_says_at_least():
+    # A worker off Linux (or without a writable clear_refs): its readings have no VmHWM and no reset.
+    handle = cluster_engine.ClusterHandle(_FlakyClient())
+    handle._baseline = {"w": {"rss": 100 * MiB, "pid": 7, "reset": False, "time": 10.0, "name": "w"}}
+    handle._absorb({"workers": {"w": {"name": "w", "metrics": {"memory": 90 * MiB, "time": 9.0}}}})  # stale
+    handle._absorb({"workers": {"w": {"name": "w", "metrics": {"memory": 180 * MiB, "time": 11.0}}}})
+    (w,) = handle._figures({"w": {"rss": 120 * MiB, "pid": 7, "reset": False, "managed": 0}}, {}).values()
+    assert not w.exact and w.method == cluster_engine.WORKER_SAMPLED
+    assert w.peak == 180 * MiB and w.increment == 80 * MiB and w.end == 120 * MiB
+    run = MemitRun(baseline=0, peak=0, end=0, duration=0.1, samples=1)
+    result = MemitResult(statement="x", runs=(run,), workers={"w": w})
+    text = str(result)
+    assert "sampled from the scheduler's heartbeats" in text and "≥ 180.00" in text and "≥ +80.00" in text
+    assert "at least" in result._repr_html_()
