@@ -104,16 +104,19 @@ def test_memory_freed_just_before_the_statement_is_not_counted(cip, dask_client)
     # peak taken from it would read 200 MiB too high.  Only heartbeats sent after the baseline count.
     _, b = workers(dask_client)
     cip.user_ns.update(b=b)
-    cip.run_cell("held = client.submit(lambda: b'x' * (200 * 2**20), workers=[b], pure=False); held.result()")
+    cip.run_cell("import distributed\nheld = client.submit(lambda: b'x' * (200 * 2**20), workers=[b], pure=False)")
+    cip.run_cell("distributed.wait(held)\npass")  # no Out cache entry keeping the future alive
+    key = cip.user_ns["held"].key
     time.sleep(1.2)  # a heartbeat with the 200 MiB reaches the scheduler
     cip.run_cell("del held")
 
     def released():
-        return dask_client.run(lambda dask_worker: len(dask_worker.data), workers=[b])[b] == 0
+        return dask_client.run(lambda dask_worker: key in dask_worker.data, workers=[b])[b] is False
 
     deadline = time.monotonic() + 30
     while not released() and time.monotonic() < deadline:
         time.sleep(0.01)
+    assert released()
     r = cip.line("memit", "-o -q x = 1")
     assert r.workers[b].increment < 4 * MiB, r.workers[b]
 
