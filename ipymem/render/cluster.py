@@ -5,7 +5,7 @@ from __future__ import annotations
 from ..models import MemitResult
 from ..models.cluster import OK, WorkerMemory
 from ..units import fmt_number
-from ._html import e, notice, table
+from ._html import code, e, notice, table
 
 HEADERS = ("Worker", "Name", "Baseline", "Peak", "Increment", "End", "Managed", "Unmanaged")
 WHAT = "RSS of each worker process, MiB"
@@ -71,7 +71,7 @@ def workers_html(result: MemitResult, precision: int = 2) -> str:
         return ""
     runs = " (over all runs)" if len(result.runs) > 1 else ""
     caption = e(f"Dask workers{runs} · {WHAT}")
-    rows = [[e(c) for c in _cells(w, precision)] for w in workers]
+    rows = [[code(c[0]), *(e(x) for x in c[1:])] for c in (_cells(w, precision) for w in workers)]
     numeric = [False, False] + [True] * (len(HEADERS) - 2)
     parts = [table([e(h) for h in HEADERS], rows, numeric=numeric, caption=caption, css_class="ipymem ipymem-workers")]
     parts.append(notice(_method_legend(workers), color="#555"))
