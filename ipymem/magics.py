@@ -19,6 +19,7 @@ from IPython.core.magic import Magics, line_cell_magic, line_magic, magics_class
 from traitlets import Bool, Float, observe
 
 from . import engine
+from .engine import cluster as cluster_engine
 from .engine.codes import nested_functions, stand_in
 from .engine.interrupts import Deferred, deferred_interrupts
 from .engine.linetrace import code_of, profile_lines
@@ -60,6 +61,8 @@ MEMIT_OPTS = (
     Opt("heap", "Also trace the Python heap with tracemalloc and report its peak (slows allocation-heavy code)."),
     Opt("precision", "Decimal places of the MiB figures (default 2).", "N", non_negative_int, 2),
     Opt("no-live", "No live chart while the statement runs (see also %config MemoryMagics.live)."),
+    Opt("cluster", "Measure the workers of this distributed.Client (default: the default client, if any).", "NAME"),
+    Opt("no-cluster", "Do not measure Dask workers, even when a client is active."),
 )
 
 MEMTRACE_TAIL = "statement"
@@ -214,6 +217,49 @@ def _without_idle_nested(result: MprunResult, asked: int) -> MprunResult:
     return dataclasses.replace(result, functions=keep, notes=tuple(notes))
 
 
+class _ClusterMeasurement(Deferred):
+    """What :func:`_measuring_cluster` yields: the handle (``None`` without a client) and, after, its figures."""
+
+    handle: Any = None
+
+    def into(self, result: MemitResult) -> MemitResult:
+        """``result`` with the workers' figures, timeline and notes (unchanged without a cluster)."""
+        handle = self.handle
+        if handle is None:
+            return result
+        return dataclasses.replace(
+            result,
+            workers=dict(getattr(handle, "workers", {})),
+            cluster_timeline=tuple(handle.samples),
+            notes=(*result.notes, *handle.notes),
+        )
+
+
+@contextlib.contextmanager
+def _measuring_cluster(client: Any, sampler: engine.Sampler) -> Iterator[_ClusterMeasurement]:
+    """Measure every worker of ``client`` during the block (nothing without a client).
+
+    Ctrl-C is held while the workers are read (each call bounded by a
+    timeout), as for the sampler: see :func:`_sampling`.
+    """
+    state = _ClusterMeasurement()
+    if client is None:
+        yield state
+        return
+    with deferred_interrupts() as held:
+        state.handle = cluster_engine.start(client, clock=sampler.elapsed)
+    if held.received:
+        with deferred_interrupts():
+            state.handle.stop()
+        raise KeyboardInterrupt
+    try:
+        yield state
+    finally:
+        with deferred_interrupts() as held:
+            state.handle.stop()
+        state.received = held.received
+
+
 @magics_class
 class MemoryMagics(Magics):
     """ipymem's magics: ``%memit``, ``%mprun``, ``%memtrace``, ``%memwatch``."""
@@ -264,12 +310,37 @@ class MemoryMagics(Magics):
             setup=setup,
             sampler=sampler,
         )
-        with self._live("%memit", args, sampler=sampler) as view:
+        client = self._cluster_client(args)
+        with _measuring_cluster(client, sampler) as cluster, self._live("%memit", args, sampler=sampler) as view:
+            if cluster.handle is not None:
+                view.cluster = cluster.handle  # the live chart shows the workers too
             result, error = call_engine(measure, run)
             if not result.ok:
                 view.note(result.outcome)
             view.conclude(memit_title(result), memit_peak(result))  # the final chart states the table's peak
+        result = cluster.into(result)
+        if cluster.received and error is None:
+            error = KeyboardInterrupt()
         return self._finish(result, error, args, memit_text, memit_html)
+
+    def _cluster_client(self, args: Any) -> Any:
+        """The client whose workers ``%memit`` measures: ``--cluster NAME``, else the default client, else None."""
+        if args.no_cluster:
+            return None
+        if args.cluster is None:
+            return cluster_engine.default_client()
+        if not args.cluster.isidentifier() or args.cluster not in self.shell.user_ns:
+            raise UsageError(
+                f"%memit: --cluster {args.cluster!r} names no variable of this session\n"
+                f"Usage: %memit --cluster NAME statement"
+            )
+        client = self.shell.user_ns[args.cluster]
+        if not cluster_engine.is_client(client):
+            raise UsageError(
+                f"%memit: --cluster {args.cluster} is a {type(client).__name__}, not a distributed.Client\n"
+                f"Usage: %memit --cluster NAME statement"
+            )
+        return client
 
     @no_var_expand
     @line_cell_magic
@@ -499,6 +570,13 @@ class MemoryMagics(Magics):
         missed however short.  A background sampler records the timeline and
         is the fallback where no high-water mark can be reset; the report
         says which method produced the peak.
+
+        With a Dask ``distributed.Client`` active (the default client, or
+        ``--cluster NAME``), every worker is measured too, the same way: each
+        worker's high-water mark is reset and read through ``client.run``,
+        and the report gets one row per worker (baseline, peak, increment,
+        end, Dask's managed / unmanaged split); workers that joined, left or
+        restarted are reported.  Every call to the cluster has a 5 s timeout.
 
         Examples::
 

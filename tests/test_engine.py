@@ -19,8 +19,9 @@ HAS_PROC = os.path.exists("/proc/self/statm")
 
 def test_engine_imports_neither_ipython_nor_widgets_nor_matplotlib():
     code = (
-        "import sys, ipymem.engine, ipymem.models, ipymem.units; "
-        "bad = [m for m in ('IPython', 'ipywidgets', 'matplotlib') if m in sys.modules]; "
+        "import sys, ipymem.engine, ipymem.engine.cluster, ipymem.models, ipymem.units; "
+        "ipymem.engine.cluster.default_client(); "
+        "bad = [m for m in ('IPython', 'ipywidgets', 'matplotlib', 'distributed') if m in sys.modules]; "
         "print(bad); sys.exit(1 if bad else 0)"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)

@@ -197,6 +197,7 @@ class NullView:
 
     enabled = False
     error: str | None = None
+    cluster: Any = None
 
     def __init__(self, sampler: Sampler | None = None) -> None:
         self.sampler = sampler
@@ -233,6 +234,9 @@ class LiveView:
     """
 
     enabled = True
+    #: A Dask workers' measurement (:class:`~ipymem.engine.cluster.ClusterHandle`) whose scheduler
+    #: readings the label shows beside the kernel's; set by the magic that started it.
+    cluster: Any = None
 
     def __init__(
         self,
@@ -439,6 +443,10 @@ class LiveView:
         title = self._summary() if final else ""
         peak = self.result_peak if final else None
         self._chart.update(samples, heap, markers, title, sticky=not final, peak=peak, metric=self.metric)
+        if self.cluster is not None or hasattr(self._chart, "_ipymem_cluster_lines"):
+            from ..render.cluster_chart import draw_cluster
+
+            draw_cluster(self._chart, list(getattr(self.cluster, "samples", ())))
         png = self._chart.png() if final else self._chart.live_png()
         self.frames += 1
         return png, self._label(live=not final)
@@ -479,6 +487,11 @@ class LiveView:
             )
         if self.heap_sampler is not None and self.heap_sampler.timeline.last is not None:
             text += f" · Python heap {self.heap_sampler.timeline.last.rss / MiB:,.1f} MiB"
+        samples = getattr(self.cluster, "samples", None)
+        if samples:  # the scheduler's latest heartbeats: the highest worker and all of them
+            last = samples[-1]
+            text += f" · Dask workers (heartbeats): highest {last.highest / MiB:,.1f} MiB"
+            text += f", all {last.total / MiB:,.1f} MiB"
         return f"<span style='font-family:monospace;font-size:12px'>{text}</span>"
 
     # -- faults -----------------------------------------------------------------

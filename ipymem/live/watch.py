@@ -18,6 +18,7 @@ import time
 from html import escape
 from typing import Any
 
+from ..engine import cluster as cluster_engine
 from ..engine import peaks
 from ..engine.probes import shared_probe
 from ..engine.rssparts import allocator_free, retained_hint
@@ -45,6 +46,7 @@ class MemWatch:
         self._window: peaks.Window | None = None
         self._free: int | None = None  # allocator-free bytes at the cell's start, for the retained-RSS hint
         self.lines: list[str] = []
+        self.cluster: Any = None  # the Dask workers' measurement of the running cell, when a client is active
 
     def on(self) -> None:
         from .view import widgets_supported
@@ -81,6 +83,7 @@ class MemWatch:
         self._start = None
         self._drop_window()
         self.chart = None
+        self._stop_cluster()
         return replaced
 
     # -- events -------------------------------------------------------------------
@@ -103,6 +106,13 @@ class MemWatch:
         if not self.view.enabled:
             self.view = None
         self._free = allocator_free()
+        self._stop_cluster()  # a cell whose post_run_cell never came
+        client = cluster_engine.default_client()
+        if client is not None:  # Dask workers too: two calls to the cluster per cell, each bounded
+            clock = self.view.sampler.elapsed if self.view is not None else None
+            self.cluster = cluster_engine.start(client, clock=clock)
+            if self.view is not None:
+                self.view.cluster = self.cluster
         baseline = self.probe.rss()
         self._window = peaks.rss_peaks.open()  # shared with any magic the cell runs: each keeps its peak
         self._start = (baseline, time.perf_counter())
@@ -126,6 +136,7 @@ class MemWatch:
         if self._free is not None:
             hint = retained_hint(now - baseline, (allocator_free() or 0) - self._free)
             line += f" ({hint})" if hint else ""
+        line += self._cluster_line()
         self.lines.append(line)
         del self.lines[:-100]
         html = (  # the theme's secondary text colour, inherited where the frontend has no JupyterLab variables
@@ -145,6 +156,25 @@ class MemWatch:
         window, self._window = self._window, None
         if window is not None:
             peaks.rss_peaks.close(window)
+
+    def _stop_cluster(self) -> dict[str, Any]:
+        handle, self.cluster = self.cluster, None
+        if handle is None:
+            return {}
+        workers = handle.stop()
+        self.cluster_notes = list(handle.notes)
+        return workers
+
+    def _cluster_line(self) -> str:
+        """`` · Dask 2 workers ...`` for the cell's line ("" without a cluster)."""
+        if self.cluster is None:
+            return ""
+        from ..render.cluster import workers_line
+
+        workers = self._stop_cluster()
+        parts = [workers_line(workers)] if workers else []
+        parts += self.cluster_notes
+        return "".join(f" · {p}" for p in parts if p)
 
     def _close_view(self, replace_with: dict[str, Any] | None) -> None:
         view, self.view = self.view, None

@@ -8,6 +8,7 @@ result has ``_repr_pretty_`` and ``_repr_html_``; rendering itself lives in
 """
 
 from .alloc import AllocEntry, AllocFrame, AllocParams, AllocResult
+from .cluster import ClusterSample, WorkerMemory
 from .compare import Comparison, Metric, compare
 from .lines import FunctionProfile, LineStats, MprunParams, MprunResult
 from .memit import ERROR, INTERRUPTED, MemitParams, MemitResult, MemitRun, Sample, outcome_of
@@ -20,6 +21,7 @@ __all__ = [
     "AllocFrame",
     "AllocParams",
     "AllocResult",
+    "ClusterSample",
     "Comparison",
     "FunctionProfile",
     "LineStats",
@@ -35,6 +37,7 @@ __all__ = [
     "RssBreakdown",
     "RssPart",
     "Sample",
+    "WorkerMemory",
     "compare",
     "outcome_of",
 ]

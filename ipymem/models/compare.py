@@ -143,6 +143,10 @@ def _memit(results: Any) -> tuple[list[Metric], Any]:
     ]
     if heap:
         metrics.append(Metric("Python heap peak (tracemalloc, above start)", BYTES))
+    cluster = any(r.workers for r in results)
+    if cluster:  # Dask workers: the highest worker's need, and the cluster's summed need
+        metrics.append(Metric("Highest worker increment (Dask, RSS)", BYTES))
+        metrics.append(Metric("Workers' increments summed (Dask, RSS)", BYTES))
     metrics.append(Metric("Time", SECONDS))
 
     def extract(r: MemitResult) -> list[int | float | None]:
@@ -151,6 +155,9 @@ def _memit(results: Any) -> tuple[list[Metric], Any]:
         row: list[int | float | None] = [r.increment, r.peak, r.runs[-1].retained]
         if heap:
             row.append(r.heap_increment)
+        if cluster:
+            increments = [w.increment for w in r.workers.values() if w.increment is not None]
+            row += [max(increments), sum(increments)] if increments else [None, None]
         return [*row, r.duration]
 
     return metrics, extract

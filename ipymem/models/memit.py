@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
 from ._comparable import Comparable
+from .cluster import ClusterSample, WorkerMemory
 
 #: Values of a result's ``outcome`` other than ``"ok"``.
 INTERRUPTED = "interrupted"
@@ -89,6 +90,11 @@ class MemitResult(Comparable):
     ``"ok"``, ``"interrupted"`` (KeyboardInterrupt) or ``"error"`` (the
     statement raised ``error``); the runs that finished, and the partial one,
     are kept either way.
+
+    ``workers`` (when a Dask client was active) maps each worker's address
+    to its :class:`~ipymem.models.cluster.WorkerMemory` over the whole
+    measurement (all runs); ``cluster_timeline`` is the cluster as the
+    scheduler reported it meanwhile (total and highest worker).
     """
 
     statement: str
@@ -101,6 +107,8 @@ class MemitResult(Comparable):
     error: str | None = None
     timed_out: bool = False
     notes: tuple[str, ...] = ()
+    workers: dict[str, WorkerMemory] = field(default_factory=dict, hash=False)
+    cluster_timeline: tuple[ClusterSample, ...] = ()
 
     # -- derived figures -------------------------------------------------
     @property
@@ -145,6 +153,12 @@ class MemitResult(Comparable):
         return "high-water" in self.peak_method
 
     @property
+    def worker_increment(self) -> int | None:
+        """The largest increment of any Dask worker (RSS, bytes), or ``None`` without a cluster."""
+        values = [w.increment for w in self.workers.values() if w.increment is not None]
+        return max(values) if values else None
+
+    @property
     def ok(self) -> bool:
         return self.outcome == "ok"
 
@@ -187,6 +201,10 @@ class MemitResult(Comparable):
             data[name] = getattr(self, name)
         for run, raw in zip(self.runs, data["runs"], strict=True):
             raw.update(increment=run.increment, retained=run.retained, heap_increment=run.heap_increment)
+        data["cluster_timeline"] = [list(s) for s in self.cluster_timeline]
+        data["worker_increment"] = self.worker_increment
+        for address, worker in self.workers.items():
+            data["workers"][address].update(increment=worker.increment, retained=worker.retained)
         return data
 
     # -- display ----------------------------------------------------------
@@ -196,18 +214,26 @@ class MemitResult(Comparable):
         Needs matplotlib.  The heap is not in the timeline (only its peak is
         kept), so the chart shows RSS, with the result's peak (exact when the
         table says so) as a labelled line: the figure the table states, which
-        a short spike can hide from the samples.  The same chart as the
-        static image the live view leaves in the notebook.
+        a short spike can hide from the samples; with Dask workers, also the highest
+        worker's and all workers' RSS as the scheduler's heartbeats reported them.
+        The same chart as the static image the live view leaves in the notebook.
         """
         from ..render.chart import memit_peak, memit_title, plot_timeline
 
         metric = "RSS incl. children" if self.params.include_children else "RSS"
-        return plot_timeline(
+        figure = plot_timeline(
             self.timeline,
             title=memit_title(self) if title is None else title,
             peak=memit_peak(self),
             metric=metric,
         )
+        if self.cluster_timeline:  # the Dask workers beside the kernel: highest worker and all of them
+            from ..render.cluster_chart import draw_cluster
+
+            chart = figure._ipymem_chart if hasattr(figure, "_ipymem_chart") else None
+            if chart is not None:
+                draw_cluster(chart, self.cluster_timeline)
+        return figure
 
     def __str__(self) -> str:
         from ..render.memit import memit_text

@@ -319,6 +319,7 @@ def plot_timeline(
     # the instance renders itself as the same PNG as the live view's final image.  When the
     # user's inline backend is active its own formatter, registered for the type, takes precedence.
     chart.figure._repr_png_ = chart.png
+    chart.figure._ipymem_chart = chart  # extra series (Dask workers) are drawn on the same Chart
     return chart.figure
 
 

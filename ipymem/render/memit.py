@@ -5,6 +5,7 @@ from __future__ import annotations
 from ..models import MemitResult
 from ..units import fmt_bytes, fmt_seconds
 from ._html import caption_for, e, footer, head, notice, table
+from .cluster import workers_html, workers_text
 
 
 def memit_text(result: MemitResult, precision: int = 2) -> str:
@@ -35,6 +36,7 @@ def memit_text(result: MemitResult, precision: int = 2) -> str:
     heap = result.heap_increment
     if heap is not None:
         lines.append(f"  Python heap (tracemalloc) peak: {b(heap, sign=True)} above its start")
+    lines.extend(workers_text(result, precision))
     lines.extend(status_lines(result))
     lines.extend(f"  note: {n}" for n in notes(result))
     return "\n".join(lines)
@@ -130,6 +132,7 @@ def memit_html(result: MemitResult, precision: int = 2) -> str:
         parts.append(footer(peak_source(result)))
     else:
         parts.append(notice(f"%memit: nothing was measured ({result.outcome})"))
+    parts.append(workers_html(result, precision))
     for line in status_lines(result):
         parts.append(notice(line.strip()))
     for n in notes(result):
