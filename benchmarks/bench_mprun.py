@@ -2,7 +2,8 @@
 
     python benchmarks/bench_mprun.py [--quick]
 
-Three workloads, each timed unprofiled, under ipymem's ``%mprun`` and under
+Three workloads, each timed unprofiled, under ipymem's ``%mprun`` (RSS, and
+``--backend heap`` beside plain code with tracemalloc on) and under
 memory_profiler's ``%mprun`` (called through its magics class, since both
 register the same name).  The workloads live in a module file, because the
 incumbent cannot show functions defined in cells.
@@ -26,6 +27,7 @@ import sys
 import tempfile
 import textwrap
 import time
+import tracemalloc
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.dirname(HERE))  # this checkout's ipymem first
@@ -100,7 +102,7 @@ def main() -> None:
     rows = []
     for name, stmt, func, n, n_inc in cases:
         results = {}
-        for who, size in (("ipymem", n), ("memory_profiler", n_inc)):
+        for who, size in (("ipymem", n), ("ipymem heap", n), ("memory_profiler", n_inc)):
             if who == "memory_profiler" and incumbent is None:
                 continue
             shell.user_ns["data"] = [random.random() for _ in range(size)]
@@ -109,6 +111,16 @@ def main() -> None:
             if who == "ipymem":
                 line = f"-q -f w.{func} {code}"
                 prof = best(lambda line=line: shell.run_line_magic("mprun", line), 3)
+            elif who == "ipymem heap":
+                # --backend heap starts tracemalloc for the run: its cost is tracemalloc's plus ipymem's.
+                line = f"-q --backend heap -f w.{func} {code}"
+                prof = best(lambda line=line: shell.run_line_magic("mprun", line), 3)
+                tracemalloc.start()
+                try:
+                    traced = best(lambda code=code: shell.ex(code), 3)
+                finally:
+                    tracemalloc.stop()
+                results["tracemalloc alone"] = (size, base, traced)
             else:
                 line = f"-f w.{func} {code}"
 
@@ -128,7 +140,11 @@ def main() -> None:
     print("-" * len(head))
     for name, results in rows:
         for who, (size, base, prof) in results.items():
-            print(f"{name:<18}{who:<17}{size:>9,}{base * 1e3:>10.1f} ms{prof * 1e3:>9.1f} ms{prof / base:>9.1f}x")
+            extra = ""
+            if who == "ipymem heap" and "tracemalloc alone" in results:
+                extra = f"   ({prof / results['tracemalloc alone'][2]:.1f}x tracemalloc alone)"
+            times = f"{base * 1e3:>10.1f} ms{prof * 1e3:>9.1f} ms{prof / base:>9.1f}x"
+            print(f"{name:<18}{who:<17}{size:>9,}{times}{extra}")
     shell.run_line_magic("unload_ext", "ipymem")
 
 
