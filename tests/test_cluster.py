@@ -165,7 +165,7 @@ def test_memwatch_reports_the_workers_per_cell(cip, dask_client):
         cip.run_cell("y = 1")
     finally:
         cip.line("memwatch", "off")
-    lines = [t for t in cip.texts() if t.startswith("used ")]
+    lines = [t for t in cip.texts() if t.startswith("RSS: used ")]
     assert len(lines) == 2, cip.texts()
     assert "Dask 2 workers (RSS, exact peaks): highest peak +" in lines[0]
     assert abs(_highest(lines[0]) - SPIKE) < 0.05 * SPIKE, lines[0]
@@ -185,7 +185,7 @@ def test_a_memit_inside_a_watched_cell_does_not_erase_the_cells_worker_peak(cip,
         cip.run_cell("client.submit(spike, workers=[a], pure=False).result()\n%memit -q pass")
     finally:
         cip.line("memwatch", "off")
-    (line,) = [t for t in cip.texts() if t.startswith("used ")]
+    (line,) = [t for t in cip.texts() if t.startswith("RSS: used ")]
     assert abs(_highest(line) - SPIKE) < 0.05 * SPIKE, line
 
 
