@@ -1,30 +1,21 @@
-"""Where the Python heap went while a callable ran: tracemalloc, grouped by the user's lines.
+"""Where the Python heap went while a callable ran: tracemalloc, booked on the user's lines.
 
 How it works, per measurement:
 
-1. tracemalloc is started with ``depth`` frames if it is off; if it already
-   runs it is left alone (its frame count cannot change without a restart,
-   which would clear the user's traces), its traces are kept, and a
-   snapshot of them is the baseline that later figures are relative to.
-   Only its peak is reset (``tracemalloc.reset_peak``), as ``%memit`` does.
-2. While the callable runs, a trace function (``sys.settrace``, this thread
-   only) looks at ``tracemalloc.get_traced_memory()`` at each line of the
-   top-level cell code and at each call into and return from a user
-   function (library frames get no events at all: the global hook returns
-   ``None`` for them; user functions get no line events, so their loops run
-   at tracemalloc's own speed).  When the traced heap has doubled its
-   growth since the last snapshot (and risen by at least 1 MiB), it takes
-   a snapshot and folds it into per-location totals at once; a time budget
-   keeps snapshots under about a quarter of the run time unless the growth
-   quadrupled.  The highest of these snapshots, or the end of the run when
-   that is higher, is the "held at the heap peak" column.  Memory allocated
-   and freed between two observation points (inside one line of the cell,
-   or inside a function call that returns before the next one) is
-   invisible to it: the exact heap peak in the total row still includes it,
-   and the difference is reported as the unobserved part of the peak.  If
-   a trace function is already set (a debugger, coverage, ``%mprun`` on
-   3.11), it is not replaced: the "held at peak" column then comes from the
-   end of the run, and a note says so.
+1. tracemalloc is started with ``depth`` frames (default 1: the cheapest)
+   if it is off; if it already runs it is left alone (its frame count
+   cannot change without a restart, which would clear the user's traces),
+   its traces are kept, and a snapshot of them is the baseline that later
+   figures are relative to.  Its peak is reset only when ipymem started it:
+   the user's own tracing keeps its peak (see :func:`_heap_peak_reset`).
+2. While the callable runs, a line ledger (:class:`_LineLedger`, a
+   ``sys.settrace`` hook on user code only) books every block on the user
+   line that was running when it was allocated, however deep in library
+   code the allocation happened, and keeps the per-line state at the exact
+   heap peak.  If a trace function is already set (a debugger, coverage,
+   ``%mprun`` on 3.11), it is not replaced: library allocations are then
+   outside the user's code and "held at peak" is the end state, and a note
+   says so.
 3. After each run (and a garbage collection) a snapshot gives the retained
    column; with ``repeat > 1`` one per run gives the growth per run.
 
@@ -36,10 +27,10 @@ row per location, and only the top ``top`` rows are selected
 
 "User code" is a notebook/IPython cell (the ``cell_files`` mapping, file
 name to cell number) or a file outside the standard library, site-packages,
-ipymem and IPython.  An allocation made inside a library is attributed to
-the innermost user frame of its traceback, which needs ``depth`` > 1; with
-depth 1 it counts as outside user code.  ``all_frames`` groups by the
-innermost frame whatever it is.
+ipymem and IPython.  A block whose traceback holds a user frame is booked on
+the innermost one (with ``-d`` > 1 and ``-g traceback`` the rows show the
+call chain); the others are booked by the ledger.  ``all_frames`` groups by
+the innermost frame whatever it is.
 
 This module knows nothing of IPython: it takes a zero-argument callable.
 """
@@ -61,6 +52,7 @@ from typing import Any
 from ..models import outcome_of
 from ..models.alloc import (
     GROUPINGS,
+    ROW_MIN,
     AllocEntry,
     AllocFrame,
     AllocParams,
@@ -69,16 +61,26 @@ from ..models.alloc import (
 from .interrupts import deferred_interrupts
 from .probes import Probe, rss_note, shared_probe
 
-#: A snapshot is taken when the traced heap exceeds the last one by this much (bytes) ...
+#: An in-run snapshot needs the traced heap to have moved by this much (bytes) since the last one ...
 MIN_STEP = 1024 * 1024
-#: Share of the run time the in-run snapshots may take (unless the heap quadruples its growth).
+#: ... and share of the run time the in-run snapshots may take (unless the heap moved 4x its growth).
 SNAPSHOT_BUDGET = 0.25
+#: ... plus this much (seconds), so short runs of few blocks get all the snapshots they need.
+SNAPSHOT_ALLOWANCE = 0.02
+#: A user function's return takes a snapshot (within the budget) when the lines since the last grew this much.
+RETURN_STEP = 4096
+#: Without the right to reset tracemalloc's peak, ipymem's own snapshots raise it by a few KiB: a heap this
+#: close above the last exact peak still counts as exact.
+PEAK_SLACK = 64 * 1024
 
 Key = tuple[tuple[str, int], ...]
 Groups = dict[Key, list[int]]  # key -> [size, count]
 
 #: ipymem's package directory (with a trailing separator): frames here are the measuring machinery.
 OURS = os.path.dirname(os.path.dirname(os.path.abspath(__file__))) + os.sep
+
+#: tracemalloc's own module: at depth 1 its blocks are ipymem's snapshots (``take_snapshot`` called by ipymem).
+_TRACEMALLOC = tracemalloc.__file__
 
 _CELL_RE = re.compile(r"^<ipython-input-(\d+)-[0-9a-f]+>$")
 
@@ -134,7 +136,7 @@ class CodeMap:
         """A frame of ipymem: allocations under it (before any user frame) are the profiler's own."""
         known = self._ours.get(filename)
         if known is None:
-            known = self._ours[filename] = filename.startswith(OURS)
+            known = self._ours[filename] = filename.startswith(OURS) or filename == _TRACEMALLOC
         return known
 
     def _classify(self, filename: str) -> bool:
@@ -171,9 +173,21 @@ class CodeMap:
 
 # -- reducing snapshots ------------------------------------------------------------
 
+#: The group of blocks that no user line allocated (IPython, the interpreter, ipymem itself).
+OUTSIDE = None
+#: Blocks that already existed when the measurement started (tracemalloc was already running).
+_BEFORE = ("before",)
+
 
 def _attributor(code: CodeMap, group_by: str, depth: int, all_frames: bool) -> Callable[[tuple], Key | None]:
-    """A function from a raw tracemalloc traceback (innermost first) to a group key, or None if not user code."""
+    """A function from a raw tracemalloc traceback (innermost first) to a group key.
+
+    ``None``: no user frame in the traceback (a library or the interpreter
+    allocated; the line ledger books it on the user line that was running);
+    ``OURS_KEY``: ipymem's own machinery; ``OUTSIDE_KEY``: a user frame whose
+    line tracemalloc does not know (line 0: a frame being set up, a few
+    bytes), which is no line of the user's, so no ``line ?`` row.
+    """
     is_user, is_ours = code.is_user, code.is_ours
 
     def attribute(frames: tuple) -> Key | None:
@@ -183,18 +197,20 @@ def _attributor(code: CodeMap, group_by: str, depth: int, all_frames: bool) -> C
         first_user = None
         for i, frame in enumerate(frames):
             if is_ours(frame[0]):
-                return None
+                return OURS_KEY
             if is_user(frame[0]):
                 first_user = i
                 break
+        if not frames:
+            return None
         if all_frames:
             start = 0
         elif first_user is None:
             return None
         else:
             start = first_user
-        if not frames:
-            return None
+        if not frames[start][1]:
+            return OUTSIDE_KEY  # no line known: a frame being set up, not a line of the user's
         if group_by == "lineno":
             return (tuple(frames[start]),)
         if group_by == "filename":
@@ -210,9 +226,17 @@ def _attributor(code: CodeMap, group_by: str, depth: int, all_frames: bool) -> C
     return attribute
 
 
-def aggregate(snapshot: tracemalloc.Snapshot, attribute: Callable[[tuple], Key | None]) -> tuple[Groups, list[int]]:
-    """One pass over the snapshot's traces: ``({key: [size, count]}, [outside size, outside count])``.
+#: The group key of ipymem's own blocks (outside the user's code).
+OURS_KEY: Key = (("<ipymem>", 0),)
+#: The group key of blocks booked straight to "outside your code".
+OUTSIDE_KEY: Key = (("<outside>", 0),)
 
+
+def aggregate(snapshot: tracemalloc.Snapshot, attribute: Callable[[tuple], Key | None]) -> tuple[Groups, Groups]:
+    """One pass over the snapshot's traces: ``({key: [size, count]}, {traceback: [size, count]})``.
+
+    The second dict holds the blocks ``attribute`` could not place (no user
+    frame in their traceback), by raw traceback, for the line ledger to book.
     Traces are first summed per traceback object (shared by tracemalloc for
     identical tracebacks), so ``attribute`` runs once per distinct traceback.
     """
@@ -221,9 +245,7 @@ def aggregate(snapshot: tracemalloc.Snapshot, attribute: Callable[[tuple], Key |
         raw = [
             (t.domain, t.size, tuple((f.filename, f.lineno) for f in reversed(t.traceback)), 0) for t in snapshot.traces
         ]
-    # Per-trace work allocates nothing (tracemalloc may be tracing us): the
-    # tuple key's hash is computed in place and ``append`` stores the existing
-    # size object; sums are taken once per traceback, in C.
+    # Per-trace work stores existing size objects only; sums are taken once per traceback, in C.
     by_tb: dict[tuple, list[int]] = {}
     get = by_tb.get
     for trace in raw:
@@ -233,17 +255,20 @@ def aggregate(snapshot: tracemalloc.Snapshot, attribute: Callable[[tuple], Key |
         else:
             sizes.append(trace[1])
     groups: Groups = {}
-    outside = [0, 0]
+    unplaced: Groups = {}
     for frames, sizes in by_tb.items():
         size, count = sum(sizes), len(sizes)
         key = attribute(frames)
-        acc = outside if key is None else groups.get(key)
+        if key is None:
+            unplaced[frames] = [size, count]
+            continue
+        acc = groups.get(key)
         if acc is None:
             groups[key] = [size, count]
         else:
             acc[0] += size
             acc[1] += count
-    return groups, outside
+    return groups, unplaced
 
 
 def _minus(a: Groups, b: Groups) -> Groups:
@@ -256,62 +281,301 @@ def _minus(a: Groups, b: Groups) -> Groups:
     return out
 
 
-class _PeakWatcher:
-    """``sys.settrace`` hook: snapshot the heap when it reaches a new high, seen from user code.
+def _shares(total: int, weights: Mapping[Any, int]) -> dict[Any, int]:
+    """``total`` split in proportion to ``weights`` (all positive), in integers that sum to ``total``."""
+    whole = sum(weights.values())
+    out = {k: total * w // whole for k, w in weights.items()}
+    rest = total - sum(out.values())
+    if rest:
+        biggest = max(weights, key=weights.__getitem__)
+        out[biggest] += rest
+    return out
 
-    Observation points: every line of top-level cell (module) code, and each
-    call into and return from a user function (function frames get no line
-    events, which keeps loops inside functions at full tracemalloc speed;
-    a function's locals are still alive at its return event).  A snapshot
-    is taken when the heap has doubled its growth since the last one (and
-    grown by at least ``MIN_STEP``), so their number is logarithmic in the
-    growth and their total cost about twice one final snapshot.  A time
-    budget keeps snapshots under about a quarter of the run time unless
-    the heap has quadrupled its growth (a spike worth the cost).
+
+def _give(holders: dict[Any, list[int]], i: int, amount: int, weights: Mapping[Any, int]) -> None:
+    """Book ``amount`` (bytes for ``i`` 0, blocks for 1; may be negative) on the keys in proportion to ``weights``."""
+    for key, part in _shares(amount, weights).items():
+        acc = holders.get(key)
+        if acc is None:
+            holders[key] = acc = [0, 0]
+        acc[i] += part
+
+
+def _take_back(holders: dict[Any, list[int]], count: int, block: float) -> int:
+    """Remove ``count`` freed blocks of about ``block`` bytes each; returns the bytes removed.
+
+    One traceback (``np.empty`` inside numpy, say) serves many lines; the
+    holders whose average block is closest in size to the freed ones are
+    the likeliest owners (a freed 4 MiB array was not a line's 16 KiB ones).
+    """
+    removed = 0
+
+    def distance(key: Any) -> float:
+        v = holders[key]
+        return abs(v[0] / v[1] - block)
+
+    for key in sorted((k for k, v in holders.items() if v[1] > 0), key=distance):
+        if not count:
+            break
+        v = holders[key]
+        take = min(v[1], count)
+        size = v[0] * take // v[1]
+        v[0] -= size
+        v[1] -= take
+        removed += size
+        count -= take
+    return removed
+
+
+def _heap_peak_reset() -> None:
+    """The one place alloctrace resets tracemalloc's peak (process-wide state: see DESIGN.md).
+
+    Called only when this measurement owns the peak (tracemalloc was off, or
+    the caller says the peak may be reset); never while the user traces.
+    """
+    tracemalloc.reset_peak()
+
+
+def _heap_peak() -> tuple[int, int]:
+    """The one place alloctrace reads tracemalloc's peak: ``(traced now, peak since the last reset)``."""
+    return tracemalloc.get_traced_memory()
+
+
+class _LineLedger:
+    """Books every traced block on the user line that was running when it was allocated.
+
+    tracemalloc keeps one frame per block (cheap), so a block allocated deep
+    inside numpy or pandas names a library line, not the user's.  The ledger
+    adds what that frame cannot say: a ``sys.settrace`` hook on user code
+    only (library frames get no events) marks each boundary between user
+    lines (a line event, or a return to the caller's line) and reads the
+    traced heap there (~0.5 µs).  Each interval between two boundaries
+    belongs to one user line (or to nobody: IPython, the interpreter), and
+    its net heap change is noted for that line.
+
+    * Blocks whose frame is user code are booked on that frame's line
+      (exact, whatever ran in between).
+    * Blocks with no user frame ("unplaced", by traceback) are booked when
+      a snapshot sees them: a traceback's new blocks go to the lines that
+      ran since the previous snapshot (in proportion to their heap growth,
+      which is exact when one line did the allocating, the usual case),
+      and freed ones are taken back from the lines holding them.
+      Snapshots are taken when the heap moved by more than ``MIN_STEP``
+      since the last one, within a time budget (``SNAPSHOT_BUDGET`` of the
+      run time, unless the heap moved by 4x its growth), and after each run.
+    * The heap peak: tracemalloc's own peak is read at every boundary; when
+      it rose, the interval that just ended holds the new highest point.
+      The state at that interval's start is kept; the peak split is that
+      state for every other line (what they held when the interval began,
+      so a line that frees another line's memory after its own peak gives
+      exact figures), and the exact peak minus all of that for the line of
+      the peak interval.  The rows and "outside your code" therefore sum to
+      the exact peak.
     """
 
-    def __init__(self, code: CodeMap, attribute: Callable[[tuple], Key | None], base: int) -> None:
+    def __init__(
+        self,
+        code: CodeMap,
+        attribute: Callable[[tuple], Key | None],
+        group_by: str,
+        base: int,
+        owns_peak: bool,
+        fold: bool = False,
+    ) -> None:
         self._is_user = code.is_user
+        self._is_ours = code.is_ours
         self._attribute = attribute
-        self._get = tracemalloc.get_traced_memory
+        self._whole_file = group_by == "filename"
+        self.fold = fold
         self.base = base
-        self.level = base  # heap when the kept snapshot was taken
-        self.groups: Groups = {}
-        self.outside = [0, 0]
-        self.snapshots = 0
+        self.owns_peak = owns_peak
+        self.owner: Key | None = OUTSIDE  # the line of the interval now running
+        self.last_owner: Key | None = OUTSIDE
+        self.heap = base  # traced heap at the last boundary
+        self.pending: dict[Key | None, int] = {}  # net heap change per line since the last snapshot
+        self.snap_level = base
+        self.snap_growth = 0
+        self.before_groups: Groups = {}
+        self.split: dict[tuple, dict[Any, list[int]]] = {}  # unplaced traceback -> {line: [size, count]}
+        self.held: Groups = {}  # per line, at the last snapshot, relative to the start
+        self.best = base  # highest traced heap seen so far (exact when read from tracemalloc's peak)
+        self._seen_peak = _heap_peak()[1]
+        self._exact_high: int | None = base if owns_peak or self._seen_peak <= base else None
+        # With the user's older, higher peak in place a rise inside a line can stay unseen: a lower bound.
+        self.best_exact = owns_peak or self._seen_peak <= base
+        self.peak: tuple | None = None  # (heap, owner, held, pending) at the start of the peak interval
+        self.peak_end: Groups | None = None  # the snapshot taken right after the peak interval, if any
+        self._captured = base
         self.seconds = 0.0
-        self._next = base + MIN_STEP
+        self.snapshots = 0
+        self._returning = False
         self._started = time.perf_counter()
 
+    # -- the hook (sys.settrace), user frames only --------------------------------
     def __call__(self, frame: Any, event: str, arg: Any) -> Any:
-        code = frame.f_code
-        if self._is_user(code.co_filename):
-            if code.co_name != "<module>":
-                frame.f_trace_lines = False
-            if self._get()[0] > self._next:
-                self.snap()
+        if self._is_user(frame.f_code.co_filename):
             return self._local
         return None
 
     def _local(self, frame: Any, event: str, arg: Any) -> Any:
-        if self._get()[0] > self._next:
-            self.snap()
+        if event == "line":
+            code = frame.f_code
+            self.boundary(((code.co_filename, 0),) if self._whole_file else ((code.co_filename, frame.f_lineno),))
+        elif event == "return":
+            # back on the caller's line: the innermost user frame below (not past ipymem's runner)
+            f = frame.f_back
+            while f is not None:
+                name = f.f_code.co_filename
+                if self._is_ours(name):
+                    f = None
+                    break
+                if self._is_user(name):
+                    break
+                f = f.f_back
+            # A function's locals die just after its return event: a snapshot here (when it grew the heap)
+            # tells its blocks from those it frees, which may come from the same library line.
+            self._returning = True
+            if f is None:
+                self.boundary(OUTSIDE)
+            else:
+                self.boundary(
+                    ((f.f_code.co_filename, 0),) if self._whole_file else ((f.f_code.co_filename, f.f_lineno),)
+                )
+            self._returning = False
         return self._local
 
-    def snap(self) -> None:
-        t0 = time.perf_counter()
-        current = self._get()[0]
-        growth = current - self.base
-        if self.seconds > SNAPSHOT_BUDGET * (t0 - self._started) and growth < 4 * (self.level - self.base):
-            self._next = self.base + 2 * growth  # over budget: wait for a bigger rise
+    # -- bookkeeping ------------------------------------------------------------
+    def boundary(self, new_owner: Key | None) -> None:
+        """The running interval ends here; ``new_owner``'s begins."""
+        now, peak = _heap_peak()
+        if peak > self._seen_peak:  # tracemalloc's peak rose: exact, and inside the interval that just ended
+            high, exact = peak, True
+            self._seen_peak = self._exact_high = peak
+        else:
+            # Only when the user's tracing keeps an older, higher peak (or ipymem's own snapshot raised it):
+            # the heap seen here is a lower bound, taken as exact within PEAK_SLACK of the last exact peak.
+            high, exact = now, self._exact_high is not None and now - self._exact_high <= PEAK_SLACK
+        captured = False
+        if high > self.best:
+            # A copy of the (small) pending dict per new high would be most of the hook's cost in a
+            # growing loop: a new capture needs a rise of 1/64 of the growth (the split's error bound).
+            margin = max(64 * 1024, (self._captured - self.base) >> 6)
+            if self.peak is None or high >= self._captured + margin:
+                self.peak = (high, self.owner, self.held, dict(self.pending))
+                self.peak_end = None
+                self._captured = high
+                captured = True
+            self.best = high
+            self.best_exact = exact
+        delta = now - self.heap
+        if delta:
+            self.pending[self.owner] = self.pending.get(self.owner, 0) + delta
+        self.heap = now
+        self.last_owner = self.owner
+        self.owner = new_owner
+        moved = abs(now - self.snap_level)
+        if moved <= MIN_STEP and not (self._returning and sum(v for v in self.pending.values() if v > 0) > RETURN_STEP):
             return
+        in_budget = self.seconds <= SNAPSHOT_ALLOWANCE + SNAPSHOT_BUDGET * (time.perf_counter() - self._started)
+        if in_budget or moved > 4 * max(self.snap_growth, MIN_STEP):
+            held = self.snap()
+            if captured:
+                self.peak_end = held
+
+    def snap(self) -> Groups:
+        """Take a snapshot, book its unplaced blocks, and return the per-line state (relative to the start)."""
+        t0 = time.perf_counter()
         snapshot = tracemalloc.take_snapshot()
-        self.groups, self.outside = aggregate(snapshot, self._attribute)
+        groups, unplaced = aggregate(snapshot, self._attribute)
         del snapshot
-        self.level = current
-        self.snapshots += 1
-        self._next = current + max(MIN_STEP, growth)
+        self._book(unplaced)
+        held = _minus(groups, self.before_groups)
+        for tb_split in self.split.values():
+            for key, v in tb_split.items():
+                if key is _BEFORE:
+                    continue
+                acc = held.get(key)
+                if acc is None:
+                    held[key] = [v[0], v[1]]
+                else:
+                    acc[0] += v[0]
+                    acc[1] += v[1]
+        self.held = held
+        self.pending = {}
+        now = _heap_peak()[0]
+        if self.owns_peak:
+            _heap_peak_reset()  # the snapshot's own Python objects must not be the run's peak
+        self._seen_peak = _heap_peak()[1]
+        self.heap = self.snap_level = now
+        self.snap_growth = abs(now - self.base)
         self.seconds += time.perf_counter() - t0
+        self.snapshots += 1
+        return held
+
+    def start_from(self, groups: Groups, unplaced: Groups) -> None:
+        """What was traced before the run (tracemalloc already running): belongs to no row."""
+        self.before_groups = groups
+        self.split = {tb: {_BEFORE: list(v)} for tb, v in unplaced.items()}
+
+    def _book(self, unplaced: Groups) -> None:
+        """Give each unplaced traceback's new blocks to the lines that ran since the last snapshot."""
+        growth = {k: d for k, d in self.pending.items() if d > 0}
+        if not growth:
+            growth = {self.last_owner: 1}
+        split = self.split
+        for tb in set(split) | set(unplaced):
+            now = unplaced.get(tb, (0, 0))
+            holders = split.get(tb)
+            if holders is None:
+                holders = split[tb] = {}
+            size = now[0] - sum(v[0] for v in holders.values())
+            count = now[1] - sum(v[1] for v in holders.values())
+            if count < 0:  # blocks were freed: take back whole blocks, from the holders of that block size first
+                size += _take_back(holders, -count, max(-size, 0) / -count)
+                count = 0
+            if count > 0:  # new blocks, with their bytes, to the lines that grew
+                blocks = {k: n for k, n in _shares(count, growth).items() if n}
+                _give(holders, 1, count, blocks)
+                _give(holders, 0, size, blocks)
+            elif size:  # as many blocks, other sizes (resized ones): by each holder's share
+                weights = {k: v[0] for k, v in holders.items() if v[0] > 0}
+                _give(holders, 0, size, weights or growth)
+            if not now[0] and not now[1]:
+                del split[tb]
+
+    def peak_state(self, heap_start: int, heap_peak: int, final: Groups) -> Groups:
+        """Per group, what its blocks held when the traced heap was at ``heap_peak`` (see the class docstring).
+
+        With ``-g traceback`` or ``--all`` the groups are not the running
+        lines, so the part of the peak reached since the last snapshot is
+        split over the groups by what each gained by the next snapshot
+        (``final``: the end of the run, if none came sooner).
+        """
+        if self.peak is None:
+            return {k: [v[0], v[1]] for k, v in self.held.items()}
+        _, owner, held, pending = self.peak
+        state = {k: [v[0], v[1]] for k, v in held.items()}
+        if self.fold:
+            after = self.peak_end if self.peak_end is not None else final
+            gained = {k: v[0] - state.get(k, (0, 0))[0] for k, v in after.items()}
+            gained = {k: g for k, g in gained.items() if g > 0}
+            rest = heap_peak - heap_start - sum(v[0] for v in state.values())
+            for key, part in _shares(rest, gained or {OUTSIDE: 1}).items():
+                acc = state.setdefault(key, [0, 0])
+                acc[0] += part
+                acc[1] = max(acc[1], after.get(key, (0, 0))[1])
+            return state
+        for key, delta in pending.items():
+            state.setdefault(key, [0, 0])[0] += delta
+        if self.peak_end is not None:
+            # Blocks at the peak: at least those alive at the start and at the end of the peak interval
+            # (other lines can only lose blocks during it; the peak line's are at least its end count).
+            for key, v in self.peak_end.items():
+                acc = state.setdefault(key, [0, 0])
+                acc[1] = max(acc[1], v[1])
+        others = sum(v[0] for k, v in state.items() if k != owner)
+        state.setdefault(owner, [0, 0])[0] = heap_peak - heap_start - others
+        return state
 
 
 # -- the engine --------------------------------------------------------------------
@@ -332,14 +596,15 @@ def alloctrace(
     setup: str | None = None,
     probe: Probe | None = None,
 ) -> tuple[AllocResult, BaseException | None]:
-    """Run ``func`` ``repeat`` times under tracemalloc; report allocations by user-code location.
+    """Run ``func`` ``repeat`` times under tracemalloc; report allocations by user-code line.
 
     Returns ``(result, error)`` like :func:`ipymem.engine.memit`: ``error`` is
     the exception ``func`` raised (KeyboardInterrupt included) or ``None``;
     the caller re-raises it after showing the partial ``result``.
     tracemalloc and the trace function are restored before returning,
-    whatever happened.  ``watch_peak=False`` skips the trace-function
-    watcher (the "held at peak" column then reflects the end of the run).
+    whatever happened.  ``watch_peak=False`` skips the line ledger: blocks
+    with no user frame (library allocations, at ``depth`` 1) are then
+    "outside your code" and "held at peak" is the state at the end of the run.
     """
     if top < 1:
         raise ValueError(f"top must be at least 1, got {top}")
@@ -368,10 +633,8 @@ def alloctrace(
     attribute = _attributor(code, group_by, used_depth, all_frames)
     error: BaseException | None = None
     per_run: list[Groups] = []
-    final_outside = [0, 0]
-    before: Groups = {}
-    before_outside = [0, 0]
-    watcher: _PeakWatcher | None = None
+    ledger: _LineLedger | None = None
+    hook = False
     runs = 0
     duration = 0.0
     # Setup and teardown hold Ctrl-C (replayed as the user's interrupt with a report), so an
@@ -385,33 +648,44 @@ def alloctrace(
         with deferred_interrupts() as held_setup:
             if collect:
                 gc.collect()
-            if was_tracing:
-                before, before_outside = aggregate(tracemalloc.take_snapshot(), attribute)
-            tracemalloc.reset_peak()
-            heap_start = tracemalloc.get_traced_memory()[0]
+            before = aggregate(tracemalloc.take_snapshot(), attribute) if was_tracing else ({}, {})
+            if not was_tracing:
+                _heap_peak_reset()  # ours to reset; the user's own tracing keeps its peak (see DESIGN.md)
+            heap_start = _heap_peak()[0]
+            ledger = _LineLedger(
+                code,
+                attribute,
+                group_by,
+                heap_start,
+                owns_peak=not was_tracing,
+                fold=all_frames or group_by == "traceback",
+            )
+            ledger.start_from(*before)
             rss_start = probe.rss()
         if held.received or held_setup.received:
             error = KeyboardInterrupt()
             repeat = 0
         if watch_peak:
             if sys.gettrace() is None:
-                watcher = _PeakWatcher(code, attribute, heap_start)
+                hook = True
             else:
                 notes.append(
-                    "another trace function is set (debugger or coverage?): "
-                    "'held at peak' is the state at the end of the run"
+                    "another trace function is set (debugger or coverage?), so ipymem cannot see which of your"
+                    " lines runs: library allocations count as outside your code and 'held at peak' is the"
+                    " state at the end of the run"
                 )
         try:
             for _ in range(repeat):
                 t0 = time.perf_counter()
-                error = _one_run(func, watcher)
+                error = _one_run(func, ledger if hook else None)
                 duration += time.perf_counter() - t0
                 runs += 1
                 # Held: an interrupt landing in a gc callback would be lost, one in the snapshot wasted.
                 with deferred_interrupts() as held_run:
+                    ledger.boundary(OUTSIDE)  # the run's last interval ends here
                     gc.collect()
-                    groups, final_outside = aggregate(tracemalloc.take_snapshot(), attribute)
-                per_run.append(groups)
+                    ledger.boundary(OUTSIDE)
+                    per_run.append(ledger.snap())
                 if held_run.received and error is None:
                     error = KeyboardInterrupt()
                 if error is not None:
@@ -419,7 +693,7 @@ def alloctrace(
         except KeyboardInterrupt as exc:  # landed in our own work between or after runs
             if error is None:
                 error = exc
-        heap_now, heap_peak = tracemalloc.get_traced_memory()
+        heap_now, heap_peak = _heap_peak()
         rss_end = probe.rss()
     finally:
         with deferred_interrupts() as held:
@@ -427,20 +701,33 @@ def alloctrace(
                 tracemalloc.stop()
         if held.received and error is None:
             error = KeyboardInterrupt()
-    if watcher is not None and watcher.snapshots and watcher.level > heap_now:
-        peak_groups, peak_outside, observed = watcher.groups, watcher.outside, watcher.level
+    heap_peak = max(ledger.best, heap_now) if ledger is not None else heap_now
+    peak_exact = ledger is None or ledger.best_exact
+    final = per_run[-1] if per_run else {}
+    if hook:
+        peak = ledger.peak_state(heap_start, heap_peak, final)
+        observed = heap_peak
     else:
-        peak_groups, peak_outside, observed = (per_run[-1] if per_run else {}), final_outside, heap_now
-    heap_peak = max(heap_peak, observed)
-    peak = _minus(peak_groups, before)
-    retained_runs = [_minus(g, before) for g in per_run]
+        peak, observed = dict(final), heap_now
+    # ipymem's own blocks (the ledger's dicts, a few KiB) ran outside the user's lines too.
+    outside_peak = sum(peak.pop(k, (0, 0))[0] for k in (OUTSIDE, OUTSIDE_KEY, OURS_KEY))
+    retained_runs = []
+    for g in per_run:
+        g = dict(g)
+        outside_retained = sum(g.pop(k, (0, 0))[0] for k in (OUTSIDE, OUTSIDE_KEY, OURS_KEY))
+        retained_runs.append(g)
+    if not per_run:
+        outside_retained = 0
     entries, rest_peak, rest_retained, n_groups = _select(
         peak, retained_runs, code, top, repeat > 1, whole_files=group_by == "filename"
     )
     if rss_note(probe):
         notes.append(rss_note(probe))
-    if watcher is not None and watcher.snapshots:
-        notes.append(f"{watcher.snapshots} snapshot(s) taken during the run ({watcher.seconds:.3g} s)")
+    if not peak_exact:
+        notes.append(
+            "tracemalloc was already tracing (your own tracing), and its peak is yours, so ipymem did not reset it:"
+            " the heap peak is the highest seen at your lines' boundaries, at least what is shown"
+        )
     outcome, error_text = outcome_of(error)
     result = AllocResult(
         statement=statement,
@@ -458,9 +745,11 @@ def alloctrace(
         groups=n_groups,
         rest_peak_size=rest_peak,
         rest_retained_size=rest_retained,
-        outside_peak_size=peak_outside[0] - before_outside[0],
-        outside_retained_size=final_outside[0] - before_outside[0],
-        snapshots=watcher.snapshots if watcher is not None else 0,
+        outside_peak_size=outside_peak,
+        outside_retained_size=outside_retained,
+        snapshots=ledger.snapshots if ledger is not None else 0,
+        peak_exact=peak_exact,
+        lines_watched=hook,
         outcome=outcome,
         error=error_text,
         notes=tuple(notes),
@@ -468,16 +757,16 @@ def alloctrace(
     return result, error
 
 
-def _one_run(func: Callable[[], object], watcher: _PeakWatcher | None) -> BaseException | None:
+def _one_run(func: Callable[[], object], ledger: _LineLedger | None) -> BaseException | None:
     __tracebackhide__ = True  # keep user tracebacks clean (IPython and pytest honour it)
-    if watcher is not None:
-        sys.settrace(watcher)
+    if ledger is not None:
+        sys.settrace(ledger)
     try:
         func()
     except BaseException as exc:
         return exc
     finally:
-        if watcher is not None and sys.gettrace() is watcher:  # the user's code may have set its own
+        if ledger is not None and sys.gettrace() is ledger:  # the user's code may have set its own
             sys.settrace(None)
     return None
 
@@ -488,11 +777,12 @@ def _select(
     """The top entries (reduced data only: one item per location) and the sums of the rest."""
     final = retained_runs[-1] if retained_runs else {}
     zero = (0, 0)
-    # Groups that did not change (blocks from before the run, when tracemalloc was already running) are no rows.
-    keys = {k for k, v in peak.items() if v[0] or v[1]} | {k for k, v in final.items() if v[0] or v[1]}
+    # A row needs something in it: groups that held less than ROW_MIN at the peak and after every run
+    # (a ``del`` line, a ``def`` line's frame set-up, blocks from before the run) are in the rest's sums.
+    keys = {k for k, v in peak.items() if abs(v[0]) >= ROW_MIN} | {k for k, v in final.items() if abs(v[0]) >= ROW_MIN}
     if repeated:
         for g in retained_runs[:-1]:
-            keys |= {k for k, v in g.items() if v[0] or v[1]}
+            keys |= {k for k, v in g.items() if abs(v[0]) >= ROW_MIN}
 
     def by_run(k: Key) -> tuple[int, ...]:
         return tuple(g.get(k, zero)[0] for g in retained_runs)
