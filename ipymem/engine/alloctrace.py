@@ -63,12 +63,14 @@ from .probes import Probe, rss_note, shared_probe
 
 #: An in-run snapshot needs the traced heap to have moved by this much (bytes) since the last one ...
 MIN_STEP = 1024 * 1024
-#: ... and share of the run time the in-run snapshots may take (unless the heap moved 4x its growth).
+#: ... and share of the run time the in-run snapshots may take.
 SNAPSHOT_BUDGET = 0.25
 #: ... plus this much (seconds), so short runs of few blocks get all the snapshots they need.
 SNAPSHOT_ALLOWANCE = 0.02
 #: A user function's return takes a snapshot (within the budget) when the lines since the last grew this much.
 RETURN_STEP = 4096
+#: The books are updated when the heap moved this much since the last update (bytes).
+RECORD_STEP = 4096
 #: Without the right to reset tracemalloc's peak, ipymem's own snapshots raise it by a few KiB: a heap this
 #: close above the last exact peak still counts as exact.
 PEAK_SLACK = 64 * 1024
@@ -301,14 +303,23 @@ def _give(holders: dict[Any, list[int]], i: int, amount: int, weights: Mapping[A
         acc[i] += part
 
 
-def _take_back(holders: dict[Any, list[int]], count: int, block: float) -> int:
-    """Remove ``count`` freed blocks of about ``block`` bytes each; returns the bytes removed.
+def _take_back(holders: dict[Any, list[int]], count: int, size: int) -> int:
+    """Remove ``count`` freed blocks of ``size`` bytes in all; returns the bytes removed.
 
-    One traceback (``np.empty`` inside numpy, say) serves many lines; the
-    holders whose average block is closest in size to the freed ones are
-    the likeliest owners (a freed 4 MiB array was not a line's 16 KiB ones).
+    One traceback (``np.empty`` inside numpy, say) serves many lines.  The
+    likeliest owner of the freed blocks is the holder that has as many
+    blocks and the tightest room for their bytes (a freed 64 MiB temporary
+    was not the 8 MiB array another line keeps); failing one, whole blocks
+    are taken from the holders whose average block is closest in size.
     """
+    fits = [k for k, v in holders.items() if v[1] >= count and v[0] >= size]
+    if fits:
+        v = holders[min(fits, key=lambda k: holders[k][0] - size)]
+        v[0] -= size
+        v[1] -= count
+        return size
     removed = 0
+    block = size / count
 
     def distance(key: Any) -> float:
         v = holders[key]
@@ -319,10 +330,10 @@ def _take_back(holders: dict[Any, list[int]], count: int, block: float) -> int:
             break
         v = holders[key]
         take = min(v[1], count)
-        size = v[0] * take // v[1]
-        v[0] -= size
+        part = v[0] * take // v[1]
+        v[0] -= part
         v[1] -= take
-        removed += size
+        removed += part
         count -= take
     return removed
 
@@ -394,7 +405,12 @@ class _LineLedger:
         self.heap = base  # traced heap at the last boundary
         self.pending: dict[Key | None, int] = {}  # net heap change per line since the last snapshot
         self.snap_level = base
-        self.snap_growth = 0
+        self._lo, self._hi = base - RECORD_STEP, base + RECORD_STEP
+        self._grown = 0  # heap growth recorded since the last snapshot
+        self._return_step = RETURN_STEP
+        self._captured_now = False
+        self._next_capture = base
+        self._keys: dict[Any, dict[int, Key]] = {}  # code object -> line -> group key (no tuple per event)
         self.before_groups: Groups = {}
         self.split: dict[tuple, dict[Any, list[int]]] = {}  # unplaced traceback -> {line: [size, count]}
         self.held: Groups = {}  # per line, at the last snapshot, relative to the start
@@ -405,7 +421,6 @@ class _LineLedger:
         self.best_exact = owns_peak or self._seen_peak <= base
         self.peak: tuple | None = None  # (heap, owner, held, pending) at the start of the peak interval
         self.peak_end: Groups | None = None  # the snapshot taken right after the peak interval, if any
-        self._captured = base
         self.seconds = 0.0
         self.snapshots = 0
         self._returning = False
@@ -413,14 +428,40 @@ class _LineLedger:
 
     # -- the hook (sys.settrace), user frames only --------------------------------
     def __call__(self, frame: Any, event: str, arg: Any) -> Any:
-        if self._is_user(frame.f_code.co_filename):
+        """Called for each new frame.  Three kinds of boundary follow from it:
+
+        * a cell's (or user module's) top-level code gets line events;
+        * a user function gets only its return event (no line events, so its
+          loops run at tracemalloc's own speed: every allocation the hook made
+          per event would cost as much as the user's); while it runs, its
+          caller's line is the one running, until
+        * a call from a user frame into library code, which is a boundary
+          owned by the calling line (``f_lineno`` of the caller), and its
+          return another: allocations only lack a user frame inside such calls,
+          so those brackets are what books them on the right line, at any depth.
+        """
+        code = frame.f_code
+        if self._is_user(code.co_filename):
+            if code.co_name != "<module>":
+                frame.f_trace_lines = False
             return self._local
+        back = frame.f_back
+        if back is not None and self._is_user(back.f_code.co_filename):
+            frame.f_trace_lines = False
+            self.boundary(self._key(back.f_code, back.f_lineno))
+            return self._library_return
+        return None
+
+    def _library_return(self, frame: Any, event: str, arg: Any) -> Any:
+        if event == "return":
+            back = frame.f_back
+            if back is not None:
+                self.boundary(self._key(back.f_code, back.f_lineno))
         return None
 
     def _local(self, frame: Any, event: str, arg: Any) -> Any:
         if event == "line":
-            code = frame.f_code
-            self.boundary(((code.co_filename, 0),) if self._whole_file else ((code.co_filename, frame.f_lineno),))
+            self.boundary(self._key(frame.f_code, frame.f_lineno))
         elif event == "return":
             # back on the caller's line: the innermost user frame below (not past ipymem's runner)
             f = frame.f_back
@@ -438,49 +479,75 @@ class _LineLedger:
             if f is None:
                 self.boundary(OUTSIDE)
             else:
-                self.boundary(
-                    ((f.f_code.co_filename, 0),) if self._whole_file else ((f.f_code.co_filename, f.f_lineno),)
-                )
+                self.boundary(self._key(f.f_code, f.f_lineno))
             self._returning = False
         return self._local
 
+    def _key(self, code: Any, lineno: int) -> Key:
+        lines = self._keys.get(code)
+        if lines is None:
+            lines = self._keys[code] = {}
+        key = lines.get(lineno)
+        if key is None:
+            key = lines[lineno] = ((code.co_filename, 0 if self._whole_file else lineno),)
+        return key
+
     # -- bookkeeping ------------------------------------------------------------
     def boundary(self, new_owner: Key | None) -> None:
-        """The running interval ends here; ``new_owner``'s begins."""
+        """The running interval ends here; ``new_owner``'s begins.
+
+        The hot path allocates nothing but tracemalloc's reading (every
+        allocation is traced, and costs microseconds, while tracemalloc runs):
+        the books are updated only when the heap moved by ``RECORD_STEP`` since
+        the last update, and the change goes to the line whose interval
+        crossed it, which over many intervals is a sample proportional to what
+        each allocated.
+        """
         now, peak = _heap_peak()
+        self._captured_now = False
         if peak > self._seen_peak:  # tracemalloc's peak rose: exact, and inside the interval that just ended
-            high, exact = peak, True
             self._seen_peak = self._exact_high = peak
-        else:
+            if peak > self.best:
+                self._new_high(peak, True)
+        elif now > self.best:
             # Only when the user's tracing keeps an older, higher peak (or ipymem's own snapshot raised it):
             # the heap seen here is a lower bound, taken as exact within PEAK_SLACK of the last exact peak.
-            high, exact = now, self._exact_high is not None and now - self._exact_high <= PEAK_SLACK
-        captured = False
-        if high > self.best:
-            # A copy of the (small) pending dict per new high would be most of the hook's cost in a
-            # growing loop: a new capture needs a rise of 1/64 of the growth (the split's error bound).
-            margin = max(64 * 1024, (self._captured - self.base) >> 6)
-            if self.peak is None or high >= self._captured + margin:
-                self.peak = (high, self.owner, self.held, dict(self.pending))
-                self.peak_end = None
-                self._captured = high
-                captured = True
-            self.best = high
-            self.best_exact = exact
+            self._new_high(now, self._exact_high is not None and now - self._exact_high <= PEAK_SLACK)
+        if self._lo < now < self._hi and not (self._returning and self._grown > self._return_step):
+            self.owner = new_owner
+            return
+        self._record(now, new_owner)
+
+    def _new_high(self, high: int, exact: bool) -> None:
+        # Copying the (small) pending dict at every new high would be most of the hook's cost in a growing
+        # loop: a new capture needs a rise of 1/64 of the growth (or 64 KiB), the split's error bound.
+        if self.peak is None or high >= self._next_capture:
+            self.peak = (high, self.owner, self.held, dict(self.pending))
+            self.peak_end = None
+            self._next_capture = high + max(64 * 1024, (high - self.base) >> 6)
+            self._captured_now = True
+        self.best = high
+        self.best_exact = exact
+
+    def _record(self, now: int, new_owner: Key | None) -> None:
         delta = now - self.heap
         if delta:
             self.pending[self.owner] = self.pending.get(self.owner, 0) + delta
+            if delta > 0:
+                self._grown += delta
         self.heap = now
+        self._lo, self._hi = now - RECORD_STEP, now + RECORD_STEP
         self.last_owner = self.owner
         self.owner = new_owner
-        moved = abs(now - self.snap_level)
-        if moved <= MIN_STEP and not (self._returning and sum(v for v in self.pending.values() if v > 0) > RETURN_STEP):
+        returning = self._returning and self._grown > self._return_step
+        if abs(now - self.snap_level) <= MIN_STEP and not returning:
             return
-        in_budget = self.seconds <= SNAPSHOT_ALLOWANCE + SNAPSHOT_BUDGET * (time.perf_counter() - self._started)
-        if in_budget or moved > 4 * max(self.snap_growth, MIN_STEP):
+        if self.seconds <= SNAPSHOT_ALLOWANCE + SNAPSHOT_BUDGET * (time.perf_counter() - self._started):
             held = self.snap()
-            if captured:
+            if self._captured_now:
                 self.peak_end = held
+        elif returning:  # over budget: wait for a bigger rise before trying again
+            self._return_step = 2 * self._grown
 
     def snap(self) -> Groups:
         """Take a snapshot, book its unplaced blocks, and return the per-line state (relative to the start)."""
@@ -502,12 +569,14 @@ class _LineLedger:
                     acc[1] += v[1]
         self.held = held
         self.pending = {}
+        self._grown = 0
+        self._return_step = RETURN_STEP
         now = _heap_peak()[0]
         if self.owns_peak:
             _heap_peak_reset()  # the snapshot's own Python objects must not be the run's peak
         self._seen_peak = _heap_peak()[1]
         self.heap = self.snap_level = now
-        self.snap_growth = abs(now - self.base)
+        self._lo, self._hi = now - RECORD_STEP, now + RECORD_STEP
         self.seconds += time.perf_counter() - t0
         self.snapshots += 1
         return held
@@ -531,7 +600,7 @@ class _LineLedger:
             size = now[0] - sum(v[0] for v in holders.values())
             count = now[1] - sum(v[1] for v in holders.values())
             if count < 0:  # blocks were freed: take back whole blocks, from the holders of that block size first
-                size += _take_back(holders, -count, max(-size, 0) / -count)
+                size += _take_back(holders, -count, max(-size, 0))
                 count = 0
             if count > 0:  # new blocks, with their bytes, to the lines that grew
                 blocks = {k: n for k, n in _shares(count, growth).items() if n}
@@ -546,35 +615,41 @@ class _LineLedger:
     def peak_state(self, heap_start: int, heap_peak: int, final: Groups) -> Groups:
         """Per group, what its blocks held when the traced heap was at ``heap_peak`` (see the class docstring).
 
-        With ``-g traceback`` or ``--all`` the groups are not the running
-        lines, so the part of the peak reached since the last snapshot is
-        split over the groups by what each gained by the next snapshot
-        (``final``: the end of the run, if none came sooner).
+        The state at the start of the peak interval, plus what each group
+        gained by the end of it when a snapshot was taken there (blocks that
+        name their line, e.g. a function's locals, alive at its return), and
+        the rest of the exact peak (blocks allocated and freed inside the
+        interval) on the line that ran it.  With ``-g traceback`` or
+        ``--all`` the groups are not the running lines, so that rest is split
+        over the groups by what each gained by the next snapshot (``final``:
+        the end of the run, if none came sooner).
         """
         if self.peak is None:
             return {k: [v[0], v[1]] for k, v in self.held.items()}
         _, owner, held, pending = self.peak
         state = {k: [v[0], v[1]] for k, v in held.items()}
-        if self.fold:
-            after = self.peak_end if self.peak_end is not None else final
+        if not self.fold:
+            for key, delta in pending.items():
+                state.setdefault(key, [0, 0])[0] += delta
+        rest = heap_peak - heap_start - sum(v[0] for v in state.values())
+        after = self.peak_end if self.peak_end is not None else (final if self.fold else None)
+        if after is not None:
             gained = {k: v[0] - state.get(k, (0, 0))[0] for k, v in after.items()}
             gained = {k: g for k, g in gained.items() if g > 0}
-            rest = heap_peak - heap_start - sum(v[0] for v in state.values())
-            for key, part in _shares(rest, gained or {OUTSIDE: 1}).items():
+            if self.fold:
+                gained = _shares(rest, gained or {OUTSIDE: 1})
+            elif sum(gained.values()) > rest:
+                gained = _shares(rest, gained) if rest > 0 and gained else {}
+            for key, part in gained.items():
                 acc = state.setdefault(key, [0, 0])
                 acc[0] += part
-                acc[1] = max(acc[1], after.get(key, (0, 0))[1])
-            return state
-        for key, delta in pending.items():
-            state.setdefault(key, [0, 0])[0] += delta
-        if self.peak_end is not None:
-            # Blocks at the peak: at least those alive at the start and at the end of the peak interval
-            # (other lines can only lose blocks during it; the peak line's are at least its end count).
-            for key, v in self.peak_end.items():
+                rest -= part
+            # Blocks at the peak: at least those alive at the start and at the end of the peak interval.
+            for key, v in after.items():
                 acc = state.setdefault(key, [0, 0])
                 acc[1] = max(acc[1], v[1])
-        others = sum(v[0] for k, v in state.items() if k != owner)
-        state.setdefault(owner, [0, 0])[0] = heap_peak - heap_start - others
+        if rest:
+            state.setdefault(owner, [0, 0])[0] += rest
         return state
 
 
