@@ -63,10 +63,10 @@ from .probes import Probe, rss_note, shared_probe
 
 #: An in-run snapshot needs the traced heap to have moved by this much (bytes) since the last one ...
 MIN_STEP = 1024 * 1024
-#: ... and share of the run time the in-run snapshots may take.
-SNAPSHOT_BUDGET = 0.25
-#: ... plus this much (seconds), so short runs of few blocks get all the snapshots they need.
-SNAPSHOT_ALLOWANCE = 0.02
+#: ... within a budget counted in traces read (not time, so the books do not depend on the machine's speed):
+#: per run this many, plus as many as the last snapshot had (in-run snapshots cost at most about one more
+#: final snapshot, plus a few thousand-trace snapshots of numpy/pandas code, whose blocks are few and large).
+SNAPSHOT_TRACES = 50_000
 #: A user function's return takes a snapshot (within the budget) when the lines since the last grew this much.
 RETURN_STEP = 4096
 #: The books are updated when the heap moved this much since the last update (bytes).
@@ -90,7 +90,19 @@ _CELL_RE = re.compile(r"^<ipython-input-(\d+)-[0-9a-f]+>$")
 # -- what is user code -------------------------------------------------------------
 
 
+_LIBRARY_DIRS: dict[bool, tuple[str, ...]] = {}
+
+
 def _library_dirs() -> tuple[str, ...]:
+    """Directories of library code (computed once per process, or twice: before and after IPython is imported)."""
+    ipython = sys.modules.get("IPython")
+    known = _LIBRARY_DIRS.get(ipython is not None)
+    if known is None:
+        known = _LIBRARY_DIRS[ipython is not None] = _find_library_dirs()
+    return known
+
+
+def _find_library_dirs() -> tuple[str, ...]:
     dirs = set()
     for name in ("stdlib", "platstdlib", "purelib", "platlib"):
         path = sysconfig.get_paths().get(name)
@@ -372,8 +384,9 @@ class _LineLedger:
       which is exact when one line did the allocating, the usual case),
       and freed ones are taken back from the lines holding them.
       Snapshots are taken when the heap moved by more than ``MIN_STEP``
-      since the last one, within a time budget (``SNAPSHOT_BUDGET`` of the
-      run time, unless the heap moved by 4x its growth), and after each run.
+      since the last one, or at a user function's return when its lines
+      grew the heap by ``RETURN_STEP``, within a budget of traces read
+      (``SNAPSHOT_TRACES``), and after each run.
     * The heap peak: tracemalloc's own peak is read at every boundary; when
       it rose, the interval that just ended holds the new highest point.
       The state at that interval's start is kept; the peak split is that
@@ -394,6 +407,7 @@ class _LineLedger:
         fold: bool = False,
     ) -> None:
         self._is_user = code.is_user
+        self._known = code._user.get  # filename -> user code or not, once classified
         self._is_ours = code.is_ours
         self._attribute = attribute
         self._whole_file = group_by == "filename"
@@ -413,6 +427,7 @@ class _LineLedger:
         self._keys: dict[Any, dict[int, Key]] = {}  # code object -> line -> group key (no tuple per event)
         self.before_groups: Groups = {}
         self.split: dict[tuple, dict[Any, list[int]]] = {}  # unplaced traceback -> {line: [size, count]}
+        self.totals: Groups = {}  # unplaced traceback -> [size, count] as last booked
         self.held: Groups = {}  # per line, at the last snapshot, relative to the start
         self.best = base  # highest traced heap seen so far (exact when read from tracemalloc's peak)
         self._seen_peak = _heap_peak()[1]
@@ -423,8 +438,10 @@ class _LineLedger:
         self.peak_end: Groups | None = None  # the snapshot taken right after the peak interval, if any
         self.seconds = 0.0
         self.snapshots = 0
+        self._allowance = SNAPSHOT_TRACES
+        self._traced = 0  # traces read by the in-run snapshots so far
+        self._last_traces = 0  # traces in the last snapshot
         self._returning = False
-        self._started = time.perf_counter()
 
     # -- the hook (sys.settrace), user frames only --------------------------------
     def __call__(self, frame: Any, event: str, arg: Any) -> Any:
@@ -440,13 +457,22 @@ class _LineLedger:
           return another: allocations only lack a user frame inside such calls,
           so those brackets are what books them on the right line, at any depth.
         """
+        # Called for every frame of every library call: dict lookups in C first, the classifier once per file.
         code = frame.f_code
-        if self._is_user(code.co_filename):
+        user = self._known(code.co_filename)
+        if user is None:
+            user = self._is_user(code.co_filename)
+        if user:
             if code.co_name != "<module>":
                 frame.f_trace_lines = False
             return self._local
         back = frame.f_back
-        if back is not None and self._is_user(back.f_code.co_filename):
+        if back is None:
+            return None
+        user = self._known(back.f_code.co_filename)
+        if user is None:
+            user = self._is_user(back.f_code.co_filename)
+        if user:
             frame.f_trace_lines = False
             self.boundary(self._key(back.f_code, back.f_lineno))
             return self._library_return
@@ -542,17 +568,23 @@ class _LineLedger:
         returning = self._returning and self._grown > self._return_step
         if abs(now - self.snap_level) <= MIN_STEP and not returning:
             return
-        if self.seconds <= SNAPSHOT_ALLOWANCE + SNAPSHOT_BUDGET * (time.perf_counter() - self._started):
+        if self._traced <= self._allowance + self._last_traces:
             held = self.snap()
             if self._captured_now:
                 self.peak_end = held
         elif returning:  # over budget: wait for a bigger rise before trying again
             self._return_step = 2 * self._grown
 
+    def new_run(self) -> None:
+        """Each run (``-r N``) gets the snapshot allowance afresh: a leak's growth is booked in every run."""
+        self._allowance = self._traced + SNAPSHOT_TRACES
+
     def snap(self) -> Groups:
         """Take a snapshot, book its unplaced blocks, and return the per-line state (relative to the start)."""
         t0 = time.perf_counter()
         snapshot = tracemalloc.take_snapshot()
+        self._last_traces = len(snapshot.traces)
+        self._traced += self._last_traces
         groups, unplaced = aggregate(snapshot, self._attribute)
         del snapshot
         self._book(unplaced)
@@ -585,24 +617,37 @@ class _LineLedger:
         """What was traced before the run (tracemalloc already running): belongs to no row."""
         self.before_groups = groups
         self.split = {tb: {_BEFORE: list(v)} for tb, v in unplaced.items()}
+        self.totals = {tb: list(v) for tb, v in unplaced.items()}
 
     def _book(self, unplaced: Groups) -> None:
         """Give each unplaced traceback's new blocks to the lines that ran since the last snapshot."""
         growth = {k: d for k, d in self.pending.items() if d > 0}
         if not growth:
             growth = {self.last_owner: 1}
-        split = self.split
-        for tb in set(split) | set(unplaced):
+        single = next(iter(growth)) if len(growth) == 1 else None
+        split, totals = self.split, self.totals
+        changed = [tb for tb, now in unplaced.items() if totals.get(tb) != now]
+        changed += [tb for tb in totals if tb not in unplaced]
+        for tb in changed:
             now = unplaced.get(tb, (0, 0))
             holders = split.get(tb)
             if holders is None:
                 holders = split[tb] = {}
-            size = now[0] - sum(v[0] for v in holders.values())
-            count = now[1] - sum(v[1] for v in holders.values())
+            total = totals.get(tb, (0, 0))
+            totals[tb] = list(now)
+            size = now[0] - total[0]
+            count = now[1] - total[1]
             if count < 0:  # blocks were freed: take back whole blocks, from the holders of that block size first
                 size += _take_back(holders, -count, max(-size, 0))
                 count = 0
-            if count > 0:  # new blocks, with their bytes, to the lines that grew
+            if count > 0 and single is not None:  # the usual case: one line grew since the last snapshot
+                acc = holders.get(single)
+                if acc is None:
+                    holders[single] = [size, count]
+                else:
+                    acc[0] += size
+                    acc[1] += count
+            elif count > 0:  # new blocks, with their bytes, to the lines that grew
                 blocks = {k: n for k, n in _shares(count, growth).items() if n}
                 _give(holders, 1, count, blocks)
                 _give(holders, 0, size, blocks)
@@ -610,7 +655,7 @@ class _LineLedger:
                 weights = {k: v[0] for k, v in holders.items() if v[0] > 0}
                 _give(holders, 0, size, weights or growth)
             if not now[0] and not now[1]:
-                del split[tb]
+                del split[tb], totals[tb]
 
     def peak_state(self, heap_start: int, heap_peak: int, final: Groups) -> Groups:
         """Per group, what its blocks held when the traced heap was at ``heap_peak`` (see the class docstring).
@@ -714,15 +759,20 @@ def alloctrace(
     duration = 0.0
     # Setup and teardown hold Ctrl-C (replayed as the user's interrupt with a report), so an
     # interrupt never lands between starting and stopping tracemalloc.
-    started = False
+    started = frozen = False
     try:  # the deferral is inside the try, so an interrupt landing just after it still reaches the finally
         with deferred_interrupts() as held:
             if not was_tracing:
                 tracemalloc.start(depth)
                 started = True
         with deferred_interrupts() as held_setup:
-            if collect:
+            if was_tracing and collect:  # the user's traces: their garbage must not be freed during the run
                 gc.collect()
+            if not was_tracing and gc.get_freeze_count() == 0:
+                # Blocks from before the run are untraced (tracemalloc starts now): the collection after the
+                # run need only look at objects made during it, not at the whole session (~0.15 s with pandas).
+                gc.freeze()
+                frozen = True
             before = aggregate(tracemalloc.take_snapshot(), attribute) if was_tracing else ({}, {})
             if not was_tracing:
                 _heap_peak_reset()  # ours to reset; the user's own tracing keeps its peak (see DESIGN.md)
@@ -752,6 +802,7 @@ def alloctrace(
         try:
             for _ in range(repeat):
                 t0 = time.perf_counter()
+                ledger.new_run()
                 error = _one_run(func, ledger if hook else None)
                 duration += time.perf_counter() - t0
                 runs += 1
@@ -772,6 +823,8 @@ def alloctrace(
         rss_end = probe.rss()
     finally:
         with deferred_interrupts() as held:
+            if frozen:
+                gc.unfreeze()
             if started:
                 tracemalloc.stop()
         if held.received and error is None:
