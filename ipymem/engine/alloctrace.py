@@ -777,6 +777,7 @@ def alloctrace(
             if not was_tracing:
                 _heap_peak_reset()  # ours to reset; the user's own tracing keeps its peak (see DESIGN.md)
             heap_start = _heap_peak()[0]
+            bookkeeping_start = tracemalloc.get_tracemalloc_memory()
             ledger = _LineLedger(
                 code,
                 attribute,
@@ -820,6 +821,7 @@ def alloctrace(
             if error is None:
                 error = exc
         heap_now, heap_peak = _heap_peak()
+        bookkeeping = tracemalloc.get_tracemalloc_memory() - bookkeeping_start
         rss_end = probe.rss()
     finally:
         with deferred_interrupts() as held:
@@ -876,6 +878,7 @@ def alloctrace(
         outside_peak_size=outside_peak,
         outside_retained_size=outside_retained,
         snapshots=ledger.snapshots if ledger is not None else 0,
+        tracemalloc_memory=bookkeeping,
         peak_exact=peak_exact,
         lines_watched=hook,
         outcome=outcome,

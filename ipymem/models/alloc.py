@@ -143,6 +143,9 @@ class AllocResult(Comparable):
     outside_peak_size: int = 0
     outside_retained_size: int = 0
     snapshots: int = 0
+    #: Growth of tracemalloc's own memory during the run (``tracemalloc.get_tracemalloc_memory``): part of
+    #: the RSS change, none of the Python heap's (about 50-100 bytes per traced block).
+    tracemalloc_memory: int = 0
     #: False when tracemalloc was already tracing with a higher peak of the user's: ``heap_peak`` is then a
     #: lower bound (the highest heap seen at the user's line boundaries), not tracemalloc's exact peak.
     peak_exact: bool = True

@@ -71,9 +71,13 @@ def _totals(result: AllocResult, precision: int) -> list[str]:
         )
     unseen = _unseen(result)
     if unseen:
+        own = min(max(result.tracemalloc_memory, 0), unseen)
+        of_which = (
+            f", {fmt_bytes(own, precision)} of it tracemalloc's own bookkeeping" if _shown(own, precision) else ""
+        )
         lines.append(
-            f"process RSS grew {fmt_bytes(unseen, precision)} more than the Python heap: memory tracemalloc cannot"
-            " see (C allocations, allocator caches); %memit and %mprun measure RSS"
+            f"process RSS grew {fmt_bytes(unseen, precision)} more than the Python heap{of_which}: memory"
+            " tracemalloc cannot see (C allocations, allocator caches); %memit and %mprun measure RSS"
         )
     return lines
 
