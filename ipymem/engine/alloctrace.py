@@ -246,14 +246,19 @@ OURS_KEY: Key = (("<ipymem>", 0),)
 OUTSIDE_KEY: Key = (("<outside>", 0),)
 
 
-def aggregate(snapshot: tracemalloc.Snapshot, attribute: Callable[[tuple], Key | None]) -> tuple[Groups, Groups]:
+def aggregate(
+    snapshot: tracemalloc.Snapshot, attribute: Callable[[tuple], Key | None], keys: dict[tuple, Any] | None = None
+) -> tuple[Groups, Groups]:
     """One pass over the snapshot's traces: ``({key: [size, count]}, {traceback: [size, count]})``.
 
     The second dict holds the blocks ``attribute`` could not place (no user
     frame in their traceback), by raw traceback, for the line ledger to book.
     Traces are first summed per traceback object (shared by tracemalloc for
-    identical tracebacks), so ``attribute`` runs once per distinct traceback.
+    identical tracebacks), so ``attribute`` runs once per distinct traceback,
+    and once per measurement with ``keys`` (a cache kept across snapshots).
     """
+    if keys is None:
+        keys = {}
     raw = getattr(snapshot.traces, "_traces", None)
     if raw is None:  # pragma: no cover - a future tracemalloc without the private list
         raw = [
@@ -270,9 +275,12 @@ def aggregate(snapshot: tracemalloc.Snapshot, attribute: Callable[[tuple], Key |
             sizes.append(trace[1])
     groups: Groups = {}
     unplaced: Groups = {}
+    missing = keys.get
     for frames, sizes in by_tb.items():
         size, count = sum(sizes), len(sizes)
-        key = attribute(frames)
+        key = missing(frames, _UNKNOWN)
+        if key is _UNKNOWN:
+            key = keys[frames] = attribute(frames)
         if key is None:
             unplaced[frames] = [size, count]
             continue
@@ -283,6 +291,9 @@ def aggregate(snapshot: tracemalloc.Snapshot, attribute: Callable[[tuple], Key |
             acc[0] += size
             acc[1] += count
     return groups, unplaced
+
+
+_UNKNOWN = object()
 
 
 def _minus(a: Groups, b: Groups) -> Groups:
@@ -424,6 +435,7 @@ class _LineLedger:
         self._return_step = RETURN_STEP
         self._captured_now = False
         self._next_capture = base
+        self._attributed: dict[tuple, Any] = {}  # traceback -> group key, across snapshots
         self._keys: dict[Any, dict[int, Key]] = {}  # code object -> line -> group key (no tuple per event)
         self.before_groups: Groups = {}
         self.split: dict[tuple, dict[Any, list[int]]] = {}  # unplaced traceback -> {line: [size, count]}
@@ -585,7 +597,7 @@ class _LineLedger:
         snapshot = tracemalloc.take_snapshot()
         self._last_traces = len(snapshot.traces)
         self._traced += self._last_traces
-        groups, unplaced = aggregate(snapshot, self._attribute)
+        groups, unplaced = aggregate(snapshot, self._attribute, self._attributed)
         del snapshot
         self._book(unplaced)
         held = _minus(groups, self.before_groups)
