@@ -6,6 +6,7 @@ pandas frames whose buffers are measured another way (``DataFrame.memory_usage``
 
 from __future__ import annotations
 
+import gc
 import sys
 import textwrap
 import tracemalloc
@@ -54,6 +55,7 @@ def test_the_issue_cell_held_at_peak_and_retained(ip):
     total = sum(e.peak_size for e in r.entries) + r.rest_peak_size + r.outside_peak_size
     assert total == r.peak_increment
     assert r.peak_exact and r.unobserved_peak == 0
+    assert gc.get_freeze_count() == 0  # the run's gc.freeze() is undone
     ip.cell("memtrace", "", ISSUE_CELL)
     text = ip.texts()[-1]
     assert "between two observations" not in text and "snapshot" not in text
