@@ -554,7 +554,7 @@ class _LineLedger:
         if self._lo < now < self._hi and not (self._returning and self._grown > self._return_step):
             self.owner = new_owner
             return
-        self._record(now, new_owner)
+        self._record(now, peak, new_owner)
 
     def _new_high(self, high: int, exact: bool) -> None:
         # Copying the (small) pending dict at every new high would be most of the hook's cost in a growing
@@ -567,7 +567,7 @@ class _LineLedger:
         self.best = high
         self.best_exact = exact
 
-    def _record(self, now: int, new_owner: Key | None) -> None:
+    def _record(self, now: int, peak: int, new_owner: Key | None) -> None:
         delta = now - self.heap
         if delta:
             self.pending[self.owner] = self.pending.get(self.owner, 0) + delta
@@ -578,7 +578,10 @@ class _LineLedger:
         self.last_owner = self.owner
         self.owner = new_owner
         returning = self._returning and self._grown > self._return_step
-        if abs(now - self.snap_level) <= MIN_STEP and not returning:
+        # The heap rose by MIN_STEP since the last snapshot, even if it came back down (a library copying
+        # its inputs and freeing them: the net change hides what the line allocated).
+        rose = self.owns_peak and peak - self.snap_level > MIN_STEP
+        if abs(now - self.snap_level) <= MIN_STEP and not rose and not returning:
             return
         if self._traced <= self._allowance + self._last_traces:
             held = self.snap()
