@@ -87,7 +87,8 @@ MEMTRACE_OPTS = (
     Opt("g", "Group by lineno (default), filename or traceback.", "GROUP", grouping, "lineno"),
     Opt(
         "d",
-        "Frames kept per allocation (default 1); deeper attributes library allocations to your line but costs more.",
+        "Frames kept per allocation (default 1; library allocations are booked on your line at any depth);"
+        " with -g traceback, deeper shows the chain of your frames but costs more.",
         "DEPTH",
         frame_depth,
         1,
@@ -601,23 +602,26 @@ class MemoryMagics(Magics):
         Per location (a cell line ``Cell In[N], line L`` or a file) the report
         gives two Python-heap figures, size and number of blocks:
 
-        * held at heap peak: blocks the location allocated during the run that
-          were alive when the traced heap was highest, as observed at the
-          lines of your code (memory allocated and freed within one line is
-          in the exact peak of the total row, not in a row);
-        * retained after: blocks allocated during the run still alive after
-          it and a garbage collection: the leak suspects.
+        * held at heap peak: what the line's allocations held at the moment
+          the traced heap was highest (tracemalloc's exact peak); the rows and
+          "outside your code" add up to that peak;
+        * retained after: what they still hold after the run and a garbage
+          collection: the leak suspects.
 
-        The total row gives the exact Python-heap peak (tracemalloc), the net
-        retained heap and the process RSS change beside it.  Allocations made
-        inside libraries are attributed to your line that called them when
-        the traceback is deep enough (``-d``); the rest is "outside your code".
-        With ``-r N`` the report also gives each location's retained growth per
+        Memory is booked on the line of your code that was running when it
+        was allocated, however deep inside numpy, pandas or any library
+        (inside your functions: the line that called the library); "outside
+        your code" is what was allocated while none of your lines ran.  The
+        total row gives the exact Python-heap peak, the net retained heap and
+        the process RSS change beside it; when RSS grew much more than the
+        heap, a line says that is memory tracemalloc cannot see.  With
+        ``-r N`` the report also gives each location's retained growth per
         run and flags the ones that grew in every run.
 
         tracemalloc is restored exactly: if it was running it keeps running
-        with its frame count and traces (only its peak is reset); otherwise it
-        is stopped.
+        with its frame count, traces and peak (ipymem never resets a peak
+        that is yours: the report then says "at least"); otherwise it is
+        stopped.
 
         Examples::
 

@@ -139,6 +139,7 @@ USER_TRACING_RUNS = {
     "%memit": ("memit", "-q x = 1"),
     "%mprun heap": ("mprun", "-q --backend heap -f profiled_noop profiled_noop()"),
     "%mprun rss": ("mprun", "-q -f profiled_noop profiled_noop()"),
+    "%memtrace": ("memtrace", "-q x = [bytearray(1000) for _ in range(100)]"),
 }
 
 
@@ -173,6 +174,16 @@ def test_the_users_tracemalloc_peak_survives_the_api():
     # No new maximum was set (1 MiB under a 40 MiB peak): the heap peak is a lower bound, and said so.
     assert r.runs[0].heap_exact is False
     assert any("at least" in n for n in r.notes), r.notes
+
+
+def test_outer_heap_peak_survives_an_inner_memtrace(ip):
+    """%memtrace starts tracemalloc itself and resets its peak: through the owner, which folds it first."""
+    r = ip.cell(
+        "memit",
+        "-o -q --heap",
+        "b = bytearray(50 * 2**20); del b\nget_ipython().run_line_magic('memtrace', '-q y = [0] * 10')\n",
+    )
+    assert r.heap_increment is not None and r.heap_increment >= 50 * MiB, r.heap_increment
 
 
 def test_a_new_heap_maximum_under_the_users_tracing_is_exact():

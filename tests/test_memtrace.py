@@ -14,6 +14,7 @@ from IPython.core.error import UsageError
 
 from ipymem.engine import alloctrace
 from ipymem.models import AllocResult
+from ipymem.models.alloc import ROW_MIN
 
 from .conftest import MiB, sigint_timer
 
@@ -42,7 +43,7 @@ def test_retained_list_and_transient_bytes(ip):
     assert abs(listed.peak_size - expected) <= 0.1 * expected
     # the transient line was held at the peak but is not retained
     assert abs(transient.peak_size - 50 * MiB) <= 0.1 * 50 * MiB, transient.peak_size
-    assert transient.retained_size < 64 * 1024 and transient.retained_count == 0
+    assert transient.retained_size < ROW_MIN
     # the peak covers the transient and the list; net retained is the list
     assert r.peak_increment >= 50 * MiB + 0.9 * expected
     assert abs(r.retained - expected) <= 0.25 * expected
@@ -70,9 +71,10 @@ def test_r_finds_the_line_that_grows_every_run(ip):
     leak = entry_for(r, "LEAK.append")
     assert leak.grows and leak in r.leak_suspects
     assert len(leak.retained_by_run) == 3
-    assert 10_000 <= leak.growth_per_run < 12_000
+    assert abs(leak.growth_per_run - 10_033) < 0.05 * 10_033  # a bytearray(10_000) per run (and list growth)
     scratch = entry_for(r, "scratch = ")
-    assert not scratch.grows and scratch.retained_size == 0
+    # (a few bytes of other threads' waits, e.g. the timeline sampler's, can be booked on a running line)
+    assert not scratch.grows and scratch.retained_size < ROW_MIN
     assert scratch.peak_size >= 4 * MiB  # seen at the function's return, while still held
     assert r.entries[0] is leak  # suspects first
     ip.line("memtrace", "-r 3 handle()")
@@ -108,18 +110,23 @@ def test_prestarted_tracemalloc_keeps_frames_and_traces(ip):
         tracemalloc.stop()
 
 
-def test_depth_attributes_library_allocations_to_the_users_line(ip):
+def test_library_allocations_are_booked_on_the_users_line_at_any_depth(ip):
     ip.ip.user_ns["data"] = list(range(300_000))
     ip.ip.run_cell("import json")
     d1 = ip.line("memtrace", "-o -q s = json.dumps(data)")
     size = sys.getsizeof(ip.user_ns["s"])
-    assert not any(e.source.startswith("s = json") and e.retained_size > size / 2 for e in d1.entries)
-    assert d1.outside_retained_size >= 0.9 * size  # json's frame is innermost: outside user code
+    line = entry_for(d1, "s = json")  # json's frame is innermost: the line ledger books it on the user's line
+    assert abs(line.retained_size - size) < 0.1 * size
+    assert line.peak_size >= 0.9 * size  # and json's list of chunks, joined into the string at the end
+    assert d1.outside_retained_size < 0.05 * size
     d10 = ip.line("memtrace", "-o -q -d 10 s = json.dumps(data)")
     line = entry_for(d10, "s = json")
     assert abs(line.retained_size - size) < 0.1 * size
     everything = ip.line("memtrace", "-o -q --all s = json.dumps(data)")
     assert any("json" in e.location and "encoder.py" in e.location for e in everything.entries)
+    unwatched, error = alloctrace(lambda: ip.ip.run_cell("s = json.dumps(data)"), watch_peak=False)
+    assert error is None and not unwatched.lines_watched
+    assert unwatched.outside_retained_size >= 0.9 * size  # without the ledger a library's frame is outside
 
 
 def test_group_by_filename_and_traceback(ip):
@@ -153,7 +160,7 @@ def test_setup_line_is_not_traced(ip):
 
 
 def test_output_forms(ip):
-    ip.line("memtrace", "x = ['<b>&' * 1000 for _ in range(10)]")
+    ip.line("memtrace", "x = ['<b>&' * 1000 + str(i) for i in range(10)]")
     (data,) = ip.outputs
     html = data["text/html"]
     assert "<table" in html and "<script" not in html.lower()
@@ -300,15 +307,17 @@ def test_engine_without_ipython_and_imports_no_ipython(tmp_path):
     subprocess.run([sys.executable, str(script)], check=True, env={**os.environ, "PYTHONPATH": root})
 
 
-def test_transient_freed_inside_a_function_is_in_the_peak_but_no_row(ip):
-    """A documented limit: memory allocated and freed between two observation points has no row."""
+def test_transient_freed_inside_a_function_is_held_at_peak_by_the_line_that_called_it(ip):
+    """A user function gets no line events (its loops run at tracemalloc's speed): memory it allocates and
+    frees before returning is held at the peak by the line that was running, the one that called it."""
     ip.ip.run_cell("def churn():\n    t = bytes(50 * 2**20)\n    del t\n    return 1\n")
     r = ip.line("memtrace", "-o -q churn()")
     assert r.peak_increment >= 50 * MiB  # the exact peak sees it
-    assert all(e.peak_size < MiB for e in r.entries)
-    assert r.unobserved_peak >= 49 * MiB
+    line = entry_for(r, "churn()")
+    assert abs(line.peak_size - 50 * MiB) < 0.05 * 50 * MiB and line.retained_size < ROW_MIN
+    assert r.unobserved_peak == 0
     ip.line("memtrace", "churn()")
-    assert "between two observations" in ip.texts()[-1]
+    assert "between two observations" not in ip.texts()[-1]
 
 
 @pytest.mark.usefixtures("python_sigint_handler")

@@ -1,30 +1,21 @@
-"""Where the Python heap went while a callable ran: tracemalloc, grouped by the user's lines.
+"""Where the Python heap went while a callable ran: tracemalloc, booked on the user's lines.
 
 How it works, per measurement:
 
-1. tracemalloc is started with ``depth`` frames if it is off; if it already
-   runs it is left alone (its frame count cannot change without a restart,
-   which would clear the user's traces), its traces are kept, and a
-   snapshot of them is the baseline that later figures are relative to.
-   Only its peak is reset (``tracemalloc.reset_peak``), as ``%memit`` does.
-2. While the callable runs, a trace function (``sys.settrace``, this thread
-   only) looks at ``tracemalloc.get_traced_memory()`` at each line of the
-   top-level cell code and at each call into and return from a user
-   function (library frames get no events at all: the global hook returns
-   ``None`` for them; user functions get no line events, so their loops run
-   at tracemalloc's own speed).  When the traced heap has doubled its
-   growth since the last snapshot (and risen by at least 1 MiB), it takes
-   a snapshot and folds it into per-location totals at once; a time budget
-   keeps snapshots under about a quarter of the run time unless the growth
-   quadrupled.  The highest of these snapshots, or the end of the run when
-   that is higher, is the "held at the heap peak" column.  Memory allocated
-   and freed between two observation points (inside one line of the cell,
-   or inside a function call that returns before the next one) is
-   invisible to it: the exact heap peak in the total row still includes it,
-   and the difference is reported as the unobserved part of the peak.  If
-   a trace function is already set (a debugger, coverage, ``%mprun`` on
-   3.11), it is not replaced: the "held at peak" column then comes from the
-   end of the run, and a note says so.
+1. tracemalloc is started with ``depth`` frames (default 1: the cheapest)
+   if it is off; if it already runs it is left alone (its frame count
+   cannot change without a restart, which would clear the user's traces),
+   its traces are kept, and a snapshot of them is the baseline that later
+   figures are relative to.  Its peak is reset only when ipymem started it:
+   the user's own tracing keeps its peak (see :func:`_heap_peak_reset`).
+2. While the callable runs, a line ledger (:class:`_LineLedger`, a
+   ``sys.settrace`` hook on user code only) books every block on the user
+   line that was running when it was allocated, however deep in library
+   code the allocation happened, and keeps the per-line state at the exact
+   heap peak.  If a trace function is already set (a debugger, coverage,
+   ``%mprun`` on 3.11), it is not replaced: library allocations are then
+   outside the user's code and "held at peak" is the end state, and a note
+   says so.
 3. After each run (and a garbage collection) a snapshot gives the retained
    column; with ``repeat > 1`` one per run gives the growth per run.
 
@@ -36,10 +27,10 @@ row per location, and only the top ``top`` rows are selected
 
 "User code" is a notebook/IPython cell (the ``cell_files`` mapping, file
 name to cell number) or a file outside the standard library, site-packages,
-ipymem and IPython.  An allocation made inside a library is attributed to
-the innermost user frame of its traceback, which needs ``depth`` > 1; with
-depth 1 it counts as outside user code.  ``all_frames`` groups by the
-innermost frame whatever it is.
+ipymem and IPython.  A block whose traceback holds a user frame is booked on
+the innermost one (with ``-d`` > 1 and ``-g traceback`` the rows show the
+call chain); the others are booked by the ledger.  ``all_frames`` groups by
+the innermost frame whatever it is.
 
 This module knows nothing of IPython: it takes a zero-argument callable.
 """
@@ -61,18 +52,29 @@ from typing import Any
 from ..models import outcome_of
 from ..models.alloc import (
     GROUPINGS,
+    ROW_MIN,
     AllocEntry,
     AllocFrame,
     AllocParams,
     AllocResult,
 )
+from . import peaks
 from .interrupts import deferred_interrupts
 from .probes import Probe, rss_note, shared_probe
 
-#: A snapshot is taken when the traced heap exceeds the last one by this much (bytes) ...
+#: An in-run snapshot needs the traced heap to have moved by this much (bytes) since the last one ...
 MIN_STEP = 1024 * 1024
-#: Share of the run time the in-run snapshots may take (unless the heap quadruples its growth).
-SNAPSHOT_BUDGET = 0.25
+#: ... within a budget counted in traces read (not time, so the books do not depend on the machine's speed):
+#: per run this many, plus as many as the last snapshot had (in-run snapshots cost at most about one more
+#: final snapshot, plus a few thousand-trace snapshots of numpy/pandas code, whose blocks are few and large).
+SNAPSHOT_TRACES = 50_000
+#: A user function's return takes a snapshot (within the budget) when the lines since the last grew this much.
+RETURN_STEP = 4096
+#: The books are updated when the heap moved this much since the last update (bytes).
+RECORD_STEP = 4096
+#: Without the right to reset tracemalloc's peak, ipymem's own snapshots raise it by a few KiB: a heap this
+#: close above the last exact peak still counts as exact.
+PEAK_SLACK = 64 * 1024
 
 Key = tuple[tuple[str, int], ...]
 Groups = dict[Key, list[int]]  # key -> [size, count]
@@ -80,13 +82,28 @@ Groups = dict[Key, list[int]]  # key -> [size, count]
 #: ipymem's package directory (with a trailing separator): frames here are the measuring machinery.
 OURS = os.path.dirname(os.path.dirname(os.path.abspath(__file__))) + os.sep
 
+#: tracemalloc's own module: at depth 1 its blocks are ipymem's snapshots (``take_snapshot`` called by ipymem).
+_TRACEMALLOC = tracemalloc.__file__
+
 _CELL_RE = re.compile(r"^<ipython-input-(\d+)-[0-9a-f]+>$")
 
 
 # -- what is user code -------------------------------------------------------------
 
 
+_LIBRARY_DIRS: dict[bool, tuple[str, ...]] = {}
+
+
 def _library_dirs() -> tuple[str, ...]:
+    """Directories of library code (computed once per process, or twice: before and after IPython is imported)."""
+    ipython = sys.modules.get("IPython")
+    known = _LIBRARY_DIRS.get(ipython is not None)
+    if known is None:
+        known = _LIBRARY_DIRS[ipython is not None] = _find_library_dirs()
+    return known
+
+
+def _find_library_dirs() -> tuple[str, ...]:
     dirs = set()
     for name in ("stdlib", "platstdlib", "purelib", "platlib"):
         path = sysconfig.get_paths().get(name)
@@ -134,7 +151,7 @@ class CodeMap:
         """A frame of ipymem: allocations under it (before any user frame) are the profiler's own."""
         known = self._ours.get(filename)
         if known is None:
-            known = self._ours[filename] = filename.startswith(OURS)
+            known = self._ours[filename] = filename.startswith(OURS) or filename == _TRACEMALLOC
         return known
 
     def _classify(self, filename: str) -> bool:
@@ -171,9 +188,21 @@ class CodeMap:
 
 # -- reducing snapshots ------------------------------------------------------------
 
+#: The group of blocks that no user line allocated (IPython, the interpreter, ipymem itself).
+OUTSIDE = None
+#: Blocks that already existed when the measurement started (tracemalloc was already running).
+_BEFORE = ("before",)
+
 
 def _attributor(code: CodeMap, group_by: str, depth: int, all_frames: bool) -> Callable[[tuple], Key | None]:
-    """A function from a raw tracemalloc traceback (innermost first) to a group key, or None if not user code."""
+    """A function from a raw tracemalloc traceback (innermost first) to a group key.
+
+    ``None``: no user frame in the traceback (a library or the interpreter
+    allocated; the line ledger books it on the user line that was running);
+    ``OURS_KEY``: ipymem's own machinery; ``OUTSIDE_KEY``: a user frame whose
+    line tracemalloc does not know (line 0: a frame being set up, a few
+    bytes), which is no line of the user's, so no ``line ?`` row.
+    """
     is_user, is_ours = code.is_user, code.is_ours
 
     def attribute(frames: tuple) -> Key | None:
@@ -183,18 +212,20 @@ def _attributor(code: CodeMap, group_by: str, depth: int, all_frames: bool) -> C
         first_user = None
         for i, frame in enumerate(frames):
             if is_ours(frame[0]):
-                return None
+                return OURS_KEY
             if is_user(frame[0]):
                 first_user = i
                 break
+        if not frames:
+            return None
         if all_frames:
             start = 0
         elif first_user is None:
             return None
         else:
             start = first_user
-        if not frames:
-            return None
+        if not frames[start][1]:
+            return OUTSIDE_KEY  # no line known: a frame being set up, not a line of the user's
         if group_by == "lineno":
             return (tuple(frames[start]),)
         if group_by == "filename":
@@ -210,20 +241,31 @@ def _attributor(code: CodeMap, group_by: str, depth: int, all_frames: bool) -> C
     return attribute
 
 
-def aggregate(snapshot: tracemalloc.Snapshot, attribute: Callable[[tuple], Key | None]) -> tuple[Groups, list[int]]:
-    """One pass over the snapshot's traces: ``({key: [size, count]}, [outside size, outside count])``.
+#: The group key of ipymem's own blocks (outside the user's code).
+OURS_KEY: Key = (("<ipymem>", 0),)
+#: The group key of blocks booked straight to "outside your code".
+OUTSIDE_KEY: Key = (("<outside>", 0),)
 
+
+def aggregate(
+    snapshot: tracemalloc.Snapshot, attribute: Callable[[tuple], Key | None], keys: dict[tuple, Any] | None = None
+) -> tuple[Groups, Groups]:
+    """One pass over the snapshot's traces: ``({key: [size, count]}, {traceback: [size, count]})``.
+
+    The second dict holds the blocks ``attribute`` could not place (no user
+    frame in their traceback), by raw traceback, for the line ledger to book.
     Traces are first summed per traceback object (shared by tracemalloc for
-    identical tracebacks), so ``attribute`` runs once per distinct traceback.
+    identical tracebacks), so ``attribute`` runs once per distinct traceback,
+    and once per measurement with ``keys`` (a cache kept across snapshots).
     """
+    if keys is None:
+        keys = {}
     raw = getattr(snapshot.traces, "_traces", None)
     if raw is None:  # pragma: no cover - a future tracemalloc without the private list
         raw = [
             (t.domain, t.size, tuple((f.filename, f.lineno) for f in reversed(t.traceback)), 0) for t in snapshot.traces
         ]
-    # Per-trace work allocates nothing (tracemalloc may be tracing us): the
-    # tuple key's hash is computed in place and ``append`` stores the existing
-    # size object; sums are taken once per traceback, in C.
+    # Per-trace work stores existing size objects only; sums are taken once per traceback, in C.
     by_tb: dict[tuple, list[int]] = {}
     get = by_tb.get
     for trace in raw:
@@ -233,17 +275,26 @@ def aggregate(snapshot: tracemalloc.Snapshot, attribute: Callable[[tuple], Key |
         else:
             sizes.append(trace[1])
     groups: Groups = {}
-    outside = [0, 0]
+    unplaced: Groups = {}
+    missing = keys.get
     for frames, sizes in by_tb.items():
         size, count = sum(sizes), len(sizes)
-        key = attribute(frames)
-        acc = outside if key is None else groups.get(key)
+        key = missing(frames, _UNKNOWN)
+        if key is _UNKNOWN:
+            key = keys[frames] = attribute(frames)
+        if key is None:
+            unplaced[frames] = [size, count]
+            continue
+        acc = groups.get(key)
         if acc is None:
             groups[key] = [size, count]
         else:
             acc[0] += size
             acc[1] += count
-    return groups, outside
+    return groups, unplaced
+
+
+_UNKNOWN = object()
 
 
 def _minus(a: Groups, b: Groups) -> Groups:
@@ -256,62 +307,413 @@ def _minus(a: Groups, b: Groups) -> Groups:
     return out
 
 
-class _PeakWatcher:
-    """``sys.settrace`` hook: snapshot the heap when it reaches a new high, seen from user code.
+def _shares(total: int, weights: Mapping[Any, int]) -> dict[Any, int]:
+    """``total`` split in proportion to ``weights`` (all positive), in integers that sum to ``total``."""
+    whole = sum(weights.values())
+    out = {k: total * w // whole for k, w in weights.items()}
+    rest = total - sum(out.values())
+    if rest:
+        biggest = max(weights, key=weights.__getitem__)
+        out[biggest] += rest
+    return out
 
-    Observation points: every line of top-level cell (module) code, and each
-    call into and return from a user function (function frames get no line
-    events, which keeps loops inside functions at full tracemalloc speed;
-    a function's locals are still alive at its return event).  A snapshot
-    is taken when the heap has doubled its growth since the last one (and
-    grown by at least ``MIN_STEP``), so their number is logarithmic in the
-    growth and their total cost about twice one final snapshot.  A time
-    budget keeps snapshots under about a quarter of the run time unless
-    the heap has quadrupled its growth (a spike worth the cost).
+
+def _give(holders: dict[Any, list[int]], i: int, amount: int, weights: Mapping[Any, int]) -> None:
+    """Book ``amount`` (bytes for ``i`` 0, blocks for 1; may be negative) on the keys in proportion to ``weights``."""
+    for key, part in _shares(amount, weights).items():
+        acc = holders.get(key)
+        if acc is None:
+            holders[key] = acc = [0, 0]
+        acc[i] += part
+
+
+def _take_back(holders: dict[Any, list[int]], count: int, size: int) -> int:
+    """Remove ``count`` freed blocks of ``size`` bytes in all; returns the bytes removed.
+
+    One traceback (``np.empty`` inside numpy, say) serves many lines.  The
+    likeliest owner of the freed blocks is the holder that has as many
+    blocks and the tightest room for their bytes (a freed 64 MiB temporary
+    was not the 8 MiB array another line keeps); failing one, whole blocks
+    are taken from the holders whose average block is closest in size.
+    """
+    fits = [k for k, v in holders.items() if v[1] >= count and v[0] >= size]
+    if fits:
+        v = holders[min(fits, key=lambda k: holders[k][0] - size)]
+        v[0] -= size
+        v[1] -= count
+        return size
+    removed = 0
+    block = size / count
+
+    def distance(key: Any) -> float:
+        v = holders[key]
+        return abs(v[0] / v[1] - block)
+
+    for key in sorted((k for k, v in holders.items() if v[1] > 0), key=distance):
+        if not count:
+            break
+        v = holders[key]
+        take = min(v[1], count)
+        part = v[0] * take // v[1]
+        v[0] -= part
+        v[1] -= take
+        removed += part
+        count -= take
+    return removed
+
+
+def _heap_peak_reset() -> None:
+    """The one place alloctrace resets tracemalloc's peak, through its owner (:data:`.peaks.heap_peaks`).
+
+    Called only when this measurement started tracemalloc (so the peak is
+    ipymem's); never while the user traces.  The owner first folds the peak
+    into every other open ipymem measurement, so a ``%memit --heap`` inside
+    ``%memtrace`` and the ``%memtrace`` itself both keep theirs.
+    """
+    peaks.heap_peaks.reset_now()
+
+
+def _heap_peak() -> tuple[int, int]:
+    """The one place alloctrace reads tracemalloc's peak: ``(traced now, peak since the last reset)``."""
+    return tracemalloc.get_traced_memory()
+
+
+class _LineLedger:
+    """Books every traced block on the user line that was running when it was allocated.
+
+    tracemalloc keeps one frame per block (cheap), so a block allocated deep
+    inside numpy or pandas names a library line, not the user's.  The ledger
+    adds what that frame cannot say: a ``sys.settrace`` hook on user code
+    only (library frames get no events) marks each boundary between user
+    lines (a line event, or a return to the caller's line) and reads the
+    traced heap there (~0.5 µs).  Each interval between two boundaries
+    belongs to one user line (or to nobody: IPython, the interpreter), and
+    its net heap change is noted for that line.
+
+    * Blocks whose frame is user code are booked on that frame's line
+      (exact, whatever ran in between).
+    * Blocks with no user frame ("unplaced", by traceback) are booked when
+      a snapshot sees them: a traceback's new blocks go to the lines that
+      ran since the previous snapshot (in proportion to their heap growth,
+      which is exact when one line did the allocating, the usual case),
+      and freed ones are taken back from the lines holding them.
+      Snapshots are taken when the heap moved by more than ``MIN_STEP``
+      since the last one, or at a user function's return when its lines
+      grew the heap by ``RETURN_STEP``, within a budget of traces read
+      (``SNAPSHOT_TRACES``), and after each run.
+    * The heap peak: tracemalloc's own peak is read at every boundary; when
+      it rose, the interval that just ended holds the new highest point.
+      The state at that interval's start is kept; the peak split is that
+      state for every other line (what they held when the interval began,
+      so a line that frees another line's memory after its own peak gives
+      exact figures), and the exact peak minus all of that for the line of
+      the peak interval.  The rows and "outside your code" therefore sum to
+      the exact peak.
     """
 
-    def __init__(self, code: CodeMap, attribute: Callable[[tuple], Key | None], base: int) -> None:
+    def __init__(
+        self,
+        code: CodeMap,
+        attribute: Callable[[tuple], Key | None],
+        group_by: str,
+        base: int,
+        owns_peak: bool,
+        fold: bool = False,
+    ) -> None:
         self._is_user = code.is_user
+        self._known = code._user.get  # filename -> user code or not, once classified
+        self._is_ours = code.is_ours
         self._attribute = attribute
-        self._get = tracemalloc.get_traced_memory
+        self._whole_file = group_by == "filename"
+        self.fold = fold
         self.base = base
-        self.level = base  # heap when the kept snapshot was taken
-        self.groups: Groups = {}
-        self.outside = [0, 0]
-        self.snapshots = 0
+        self.owns_peak = owns_peak
+        self.owner: Key | None = OUTSIDE  # the line of the interval now running
+        self.last_owner: Key | None = OUTSIDE
+        self.heap = base  # traced heap at the last boundary
+        self.pending: dict[Key | None, int] = {}  # net heap change per line since the last snapshot
+        self.snap_level = base
+        self._lo, self._hi = base - RECORD_STEP, base + RECORD_STEP
+        self._grown = 0  # heap growth recorded since the last snapshot
+        self._return_step = RETURN_STEP
+        self._captured_now = False
+        self._next_capture = base
+        self._attributed: dict[tuple, Any] = {}  # traceback -> group key, across snapshots
+        self._keys: dict[Any, dict[int, Key]] = {}  # code object -> line -> group key (no tuple per event)
+        self.before_groups: Groups = {}
+        self.split: dict[tuple, dict[Any, list[int]]] = {}  # unplaced traceback -> {line: [size, count]}
+        self.totals: Groups = {}  # unplaced traceback -> [size, count] as last booked
+        self.held: Groups = {}  # per line, at the last snapshot, relative to the start
+        self.best = base  # highest traced heap seen so far (exact when read from tracemalloc's peak)
+        self._seen_peak = _heap_peak()[1]
+        self._exact_high: int | None = base if owns_peak or self._seen_peak <= base else None
+        # With the user's older, higher peak in place a rise inside a line can stay unseen: a lower bound.
+        self.best_exact = owns_peak or self._seen_peak <= base
+        self.peak: tuple | None = None  # (heap, owner, held, pending) at the start of the peak interval
+        self.peak_end: Groups | None = None  # the snapshot taken right after the peak interval, if any
         self.seconds = 0.0
-        self._next = base + MIN_STEP
-        self._started = time.perf_counter()
+        self.snapshots = 0
+        self._allowance = SNAPSHOT_TRACES
+        self._traced = 0  # traces read by the in-run snapshots so far
+        self._last_traces = 0  # traces in the last snapshot
+        self._returning = False
 
+    # -- the hook (sys.settrace), user frames only --------------------------------
     def __call__(self, frame: Any, event: str, arg: Any) -> Any:
+        """Called for each new frame.  Three kinds of boundary follow from it:
+
+        * a cell's (or user module's) top-level code gets line events;
+        * a user function gets only its return event (no line events, so its
+          loops run at tracemalloc's own speed: every allocation the hook made
+          per event would cost as much as the user's); while it runs, its
+          caller's line is the one running, until
+        * a call from a user frame into library code, which is a boundary
+          owned by the calling line (``f_lineno`` of the caller), and its
+          return another: allocations only lack a user frame inside such calls,
+          so those brackets are what books them on the right line, at any depth.
+        """
+        # Called for every frame of every library call: dict lookups in C first, the classifier once per file.
         code = frame.f_code
-        if self._is_user(code.co_filename):
+        user = self._known(code.co_filename)
+        if user is None:
+            user = self._is_user(code.co_filename)
+        if user:
             if code.co_name != "<module>":
                 frame.f_trace_lines = False
-            if self._get()[0] > self._next:
-                self.snap()
             return self._local
+        back = frame.f_back
+        if back is None:
+            return None
+        user = self._known(back.f_code.co_filename)
+        if user is None:
+            user = self._is_user(back.f_code.co_filename)
+        if user:
+            frame.f_trace_lines = False
+            self.boundary(self._key(back.f_code, back.f_lineno))
+            return self._library_return
+        return None
+
+    def _library_return(self, frame: Any, event: str, arg: Any) -> Any:
+        if event == "return":
+            back = frame.f_back
+            if back is not None:
+                self.boundary(self._key(back.f_code, back.f_lineno))
         return None
 
     def _local(self, frame: Any, event: str, arg: Any) -> Any:
-        if self._get()[0] > self._next:
-            self.snap()
+        if event == "line":
+            self.boundary(self._key(frame.f_code, frame.f_lineno))
+        elif event == "return":
+            # back on the caller's line: the innermost user frame below (not past ipymem's runner)
+            f = frame.f_back
+            while f is not None:
+                name = f.f_code.co_filename
+                if self._is_ours(name):
+                    f = None
+                    break
+                if self._is_user(name):
+                    break
+                f = f.f_back
+            # A function's locals die just after its return event: a snapshot here (when it grew the heap)
+            # tells its blocks from those it frees, which may come from the same library line.
+            self._returning = True
+            if f is None:
+                self.boundary(OUTSIDE)
+            else:
+                self.boundary(self._key(f.f_code, f.f_lineno))
+            self._returning = False
         return self._local
 
-    def snap(self) -> None:
-        t0 = time.perf_counter()
-        current = self._get()[0]
-        growth = current - self.base
-        if self.seconds > SNAPSHOT_BUDGET * (t0 - self._started) and growth < 4 * (self.level - self.base):
-            self._next = self.base + 2 * growth  # over budget: wait for a bigger rise
+    def _key(self, code: Any, lineno: int) -> Key:
+        lines = self._keys.get(code)
+        if lines is None:
+            lines = self._keys[code] = {}
+        key = lines.get(lineno)
+        if key is None:
+            key = lines[lineno] = ((code.co_filename, 0 if self._whole_file else lineno),)
+        return key
+
+    # -- bookkeeping ------------------------------------------------------------
+    def boundary(self, new_owner: Key | None) -> None:
+        """The running interval ends here; ``new_owner``'s begins.
+
+        The hot path allocates nothing but tracemalloc's reading (every
+        allocation is traced, and costs microseconds, while tracemalloc runs):
+        the books are updated only when the heap moved by ``RECORD_STEP`` since
+        the last update, and the change goes to the line whose interval
+        crossed it, which over many intervals is a sample proportional to what
+        each allocated.
+        """
+        now, peak = _heap_peak()
+        self._captured_now = False
+        if peak > self._seen_peak:  # tracemalloc's peak rose: exact, and inside the interval that just ended
+            self._seen_peak = self._exact_high = peak
+            if peak > self.best:
+                self._new_high(peak, True)
+        elif now > self.best:
+            # Only when the user's tracing keeps an older, higher peak (or ipymem's own snapshot raised it):
+            # the heap seen here is a lower bound, taken as exact within PEAK_SLACK of the last exact peak.
+            self._new_high(now, self._exact_high is not None and now - self._exact_high <= PEAK_SLACK)
+        if self._lo < now < self._hi and not (self._returning and self._grown > self._return_step):
+            self.owner = new_owner
             return
+        self._record(now, peak, new_owner)
+
+    def _new_high(self, high: int, exact: bool) -> None:
+        # Copying the (small) pending dict at every new high would be most of the hook's cost in a growing
+        # loop: a new capture needs a rise of 1/64 of the growth (or 64 KiB), the split's error bound.
+        if self.peak is None or high >= self._next_capture:
+            self.peak = (high, self.owner, self.held, dict(self.pending))
+            self.peak_end = None
+            self._next_capture = high + max(64 * 1024, (high - self.base) >> 6)
+            self._captured_now = True
+        self.best = high
+        self.best_exact = exact
+
+    def _record(self, now: int, peak: int, new_owner: Key | None) -> None:
+        delta = now - self.heap
+        if delta:
+            self.pending[self.owner] = self.pending.get(self.owner, 0) + delta
+            if delta > 0:
+                self._grown += delta
+        self.heap = now
+        self._lo, self._hi = now - RECORD_STEP, now + RECORD_STEP
+        self.last_owner = self.owner
+        self.owner = new_owner
+        returning = self._returning and self._grown > self._return_step
+        # The heap rose by MIN_STEP since the last snapshot, even if it came back down (a library copying
+        # its inputs and freeing them: the net change hides what the line allocated).
+        rose = self.owns_peak and peak - self.snap_level > MIN_STEP
+        if abs(now - self.snap_level) <= MIN_STEP and not rose and not returning:
+            return
+        if self._traced <= self._allowance + self._last_traces:
+            held = self.snap()
+            if self._captured_now:
+                self.peak_end = held
+        elif returning:  # over budget: wait for a bigger rise before trying again
+            self._return_step = 2 * self._grown
+
+    def new_run(self) -> None:
+        """Each run (``-r N``) gets the snapshot allowance afresh: a leak's growth is booked in every run."""
+        self._allowance = self._traced + SNAPSHOT_TRACES
+
+    def snap(self) -> Groups:
+        """Take a snapshot, book its unplaced blocks, and return the per-line state (relative to the start)."""
+        t0 = time.perf_counter()
         snapshot = tracemalloc.take_snapshot()
-        self.groups, self.outside = aggregate(snapshot, self._attribute)
+        self._last_traces = len(snapshot.traces)
+        self._traced += self._last_traces
+        groups, unplaced = aggregate(snapshot, self._attribute, self._attributed)
         del snapshot
-        self.level = current
-        self.snapshots += 1
-        self._next = current + max(MIN_STEP, growth)
+        self._book(unplaced)
+        held = _minus(groups, self.before_groups)
+        for tb_split in self.split.values():
+            for key, v in tb_split.items():
+                if key is _BEFORE:
+                    continue
+                acc = held.get(key)
+                if acc is None:
+                    held[key] = [v[0], v[1]]
+                else:
+                    acc[0] += v[0]
+                    acc[1] += v[1]
+        self.held = held
+        self.pending = {}
+        self._grown = 0
+        self._return_step = RETURN_STEP
+        now = _heap_peak()[0]
+        if self.owns_peak:
+            _heap_peak_reset()  # the snapshot's own Python objects must not be the run's peak
+        self._seen_peak = _heap_peak()[1]
+        self.heap = self.snap_level = now
+        self._lo, self._hi = now - RECORD_STEP, now + RECORD_STEP
         self.seconds += time.perf_counter() - t0
+        self.snapshots += 1
+        return held
+
+    def start_from(self, groups: Groups, unplaced: Groups) -> None:
+        """What was traced before the run (tracemalloc already running): belongs to no row."""
+        self.before_groups = groups
+        self.split = {tb: {_BEFORE: list(v)} for tb, v in unplaced.items()}
+        self.totals = {tb: list(v) for tb, v in unplaced.items()}
+
+    def _book(self, unplaced: Groups) -> None:
+        """Give each unplaced traceback's new blocks to the lines that ran since the last snapshot."""
+        growth = {k: d for k, d in self.pending.items() if d > 0}
+        if not growth:
+            growth = {self.last_owner: 1}
+        single = next(iter(growth)) if len(growth) == 1 else None
+        split, totals = self.split, self.totals
+        changed = [tb for tb, now in unplaced.items() if totals.get(tb) != now]
+        changed += [tb for tb in totals if tb not in unplaced]
+        for tb in changed:
+            now = unplaced.get(tb, (0, 0))
+            holders = split.get(tb)
+            if holders is None:
+                holders = split[tb] = {}
+            total = totals.get(tb, (0, 0))
+            totals[tb] = list(now)
+            size = now[0] - total[0]
+            count = now[1] - total[1]
+            if count < 0:  # blocks were freed: take back whole blocks, from the holders of that block size first
+                size += _take_back(holders, -count, max(-size, 0))
+                count = 0
+            if count > 0 and single is not None:  # the usual case: one line grew since the last snapshot
+                acc = holders.get(single)
+                if acc is None:
+                    holders[single] = [size, count]
+                else:
+                    acc[0] += size
+                    acc[1] += count
+            elif count > 0:  # new blocks, with their bytes, to the lines that grew
+                blocks = {k: n for k, n in _shares(count, growth).items() if n}
+                _give(holders, 1, count, blocks)
+                _give(holders, 0, size, blocks)
+            elif size:  # as many blocks, other sizes (resized ones): by each holder's share
+                weights = {k: v[0] for k, v in holders.items() if v[0] > 0}
+                _give(holders, 0, size, weights or growth)
+            if not now[0] and not now[1]:
+                del split[tb], totals[tb]
+
+    def peak_state(self, heap_start: int, heap_peak: int, final: Groups) -> Groups:
+        """Per group, what its blocks held when the traced heap was at ``heap_peak`` (see the class docstring).
+
+        The state at the start of the peak interval, plus what each group
+        gained by the end of it when a snapshot was taken there (blocks that
+        name their line, e.g. a function's locals, alive at its return), and
+        the rest of the exact peak (blocks allocated and freed inside the
+        interval) on the line that ran it.  With ``-g traceback`` or
+        ``--all`` the groups are not the running lines, so that rest is split
+        over the groups by what each gained by the next snapshot (``final``:
+        the end of the run, if none came sooner).
+        """
+        if self.peak is None:
+            return {k: [v[0], v[1]] for k, v in self.held.items()}
+        _, owner, held, pending = self.peak
+        state = {k: [v[0], v[1]] for k, v in held.items()}
+        if not self.fold:
+            for key, delta in pending.items():
+                state.setdefault(key, [0, 0])[0] += delta
+        rest = heap_peak - heap_start - sum(v[0] for v in state.values())
+        after = self.peak_end if self.peak_end is not None else (final if self.fold else None)
+        if after is not None:
+            gained = {k: v[0] - state.get(k, (0, 0))[0] for k, v in after.items()}
+            gained = {k: g for k, g in gained.items() if g > 0}
+            if self.fold:
+                gained = _shares(rest, gained or {OUTSIDE: 1})
+            elif sum(gained.values()) > rest:
+                gained = _shares(rest, gained) if rest > 0 and gained else {}
+            for key, part in gained.items():
+                acc = state.setdefault(key, [0, 0])
+                acc[0] += part
+                rest -= part
+            # Blocks at the peak: at least those alive at the start and at the end of the peak interval.
+            for key, v in after.items():
+                acc = state.setdefault(key, [0, 0])
+                acc[1] = max(acc[1], v[1])
+        if rest:
+            state.setdefault(owner, [0, 0])[0] += rest
+        return state
 
 
 # -- the engine --------------------------------------------------------------------
@@ -332,14 +734,15 @@ def alloctrace(
     setup: str | None = None,
     probe: Probe | None = None,
 ) -> tuple[AllocResult, BaseException | None]:
-    """Run ``func`` ``repeat`` times under tracemalloc; report allocations by user-code location.
+    """Run ``func`` ``repeat`` times under tracemalloc; report allocations by user-code line.
 
     Returns ``(result, error)`` like :func:`ipymem.engine.memit`: ``error`` is
     the exception ``func`` raised (KeyboardInterrupt included) or ``None``;
     the caller re-raises it after showing the partial ``result``.
     tracemalloc and the trace function are restored before returning,
-    whatever happened.  ``watch_peak=False`` skips the trace-function
-    watcher (the "held at peak" column then reflects the end of the run).
+    whatever happened.  ``watch_peak=False`` skips the line ledger: blocks
+    with no user frame (library allocations, at ``depth`` 1) are then
+    "outside your code" and "held at peak" is the state at the end of the run.
     """
     if top < 1:
         raise ValueError(f"top must be at least 1, got {top}")
@@ -368,50 +771,70 @@ def alloctrace(
     attribute = _attributor(code, group_by, used_depth, all_frames)
     error: BaseException | None = None
     per_run: list[Groups] = []
-    final_outside = [0, 0]
-    before: Groups = {}
-    before_outside = [0, 0]
-    watcher: _PeakWatcher | None = None
+    ledger: _LineLedger | None = None
+    hook = False
     runs = 0
     duration = 0.0
     # Setup and teardown hold Ctrl-C (replayed as the user's interrupt with a report), so an
     # interrupt never lands between starting and stopping tracemalloc.
-    started = False
+    started = frozen = False
     try:  # the deferral is inside the try, so an interrupt landing just after it still reaches the finally
         with deferred_interrupts() as held:
             if not was_tracing:
                 tracemalloc.start(depth)
+                peaks.heap_tracing.adopt()  # ipymem's tracing: nested ipymem measurements may reset its peak
                 started = True
         with deferred_interrupts() as held_setup:
-            if collect:
+            if was_tracing and collect:  # the user's traces: their garbage must not be freed during the run
                 gc.collect()
-            if was_tracing:
-                before, before_outside = aggregate(tracemalloc.take_snapshot(), attribute)
-            tracemalloc.reset_peak()
-            heap_start = tracemalloc.get_traced_memory()[0]
+            if not was_tracing and gc.get_freeze_count() == 0:
+                # Blocks from before the run are untraced (tracemalloc starts now): the collection after the
+                # run need only look at objects made during it, not at the whole session (~0.15 s with pandas).
+                gc.freeze()
+                frozen = True
+            before = aggregate(tracemalloc.take_snapshot(), attribute) if was_tracing else ({}, {})
+            # The peak is ours when we started tracing, or when an enclosing ipymem measurement did
+            # (its own peak survives: the owner folds it in before resetting).
+            owns_peak = not was_tracing or peaks.heap_tracing.resettable()
+            if owns_peak:
+                _heap_peak_reset()  # ours to reset; the user's own tracing keeps its peak (see DESIGN.md)
+            heap_start = _heap_peak()[0]
+            bookkeeping_start = tracemalloc.get_tracemalloc_memory()
+            ledger = _LineLedger(
+                code,
+                attribute,
+                group_by,
+                heap_start,
+                owns_peak=owns_peak,
+                fold=all_frames or group_by == "traceback",
+            )
+            ledger.start_from(*before)
             rss_start = probe.rss()
         if held.received or held_setup.received:
             error = KeyboardInterrupt()
             repeat = 0
         if watch_peak:
             if sys.gettrace() is None:
-                watcher = _PeakWatcher(code, attribute, heap_start)
+                hook = True
             else:
                 notes.append(
-                    "another trace function is set (debugger or coverage?): "
-                    "'held at peak' is the state at the end of the run"
+                    "another trace function is set (debugger or coverage?), so ipymem cannot see which of your"
+                    " lines runs: library allocations count as outside your code and 'held at peak' is the"
+                    " state at the end of the run"
                 )
         try:
             for _ in range(repeat):
                 t0 = time.perf_counter()
-                error = _one_run(func, watcher)
+                ledger.new_run()
+                error = _one_run(func, ledger if hook else None)
                 duration += time.perf_counter() - t0
                 runs += 1
                 # Held: an interrupt landing in a gc callback would be lost, one in the snapshot wasted.
                 with deferred_interrupts() as held_run:
+                    ledger.boundary(OUTSIDE)  # the run's last interval ends here
                     gc.collect()
-                    groups, final_outside = aggregate(tracemalloc.take_snapshot(), attribute)
-                per_run.append(groups)
+                    ledger.boundary(OUTSIDE)
+                    per_run.append(ledger.snap())
                 if held_run.received and error is None:
                     error = KeyboardInterrupt()
                 if error is not None:
@@ -419,28 +842,44 @@ def alloctrace(
         except KeyboardInterrupt as exc:  # landed in our own work between or after runs
             if error is None:
                 error = exc
-        heap_now, heap_peak = tracemalloc.get_traced_memory()
+        heap_now, heap_peak = _heap_peak()
+        bookkeeping = tracemalloc.get_tracemalloc_memory() - bookkeeping_start
         rss_end = probe.rss()
     finally:
         with deferred_interrupts() as held:
+            if frozen:
+                gc.unfreeze()
             if started:
-                tracemalloc.stop()
+                peaks.heap_tracing.release()  # stops tracemalloc (unless a nested ipymem user still needs it)
         if held.received and error is None:
             error = KeyboardInterrupt()
-    if watcher is not None and watcher.snapshots and watcher.level > heap_now:
-        peak_groups, peak_outside, observed = watcher.groups, watcher.outside, watcher.level
+    heap_peak = max(ledger.best, heap_now) if ledger is not None else heap_now
+    peak_exact = ledger is None or ledger.best_exact
+    final = per_run[-1] if per_run else {}
+    if hook:
+        peak = ledger.peak_state(heap_start, heap_peak, final)
+        observed = heap_peak
     else:
-        peak_groups, peak_outside, observed = (per_run[-1] if per_run else {}), final_outside, heap_now
-    heap_peak = max(heap_peak, observed)
-    peak = _minus(peak_groups, before)
-    retained_runs = [_minus(g, before) for g in per_run]
+        peak, observed = dict(final), heap_now
+    # ipymem's own blocks (the ledger's dicts, a few KiB) ran outside the user's lines too.
+    outside_peak = sum(peak.pop(k, (0, 0))[0] for k in (OUTSIDE, OUTSIDE_KEY, OURS_KEY))
+    retained_runs = []
+    for g in per_run:
+        g = dict(g)
+        outside_retained = sum(g.pop(k, (0, 0))[0] for k in (OUTSIDE, OUTSIDE_KEY, OURS_KEY))
+        retained_runs.append(g)
+    if not per_run:
+        outside_retained = 0
     entries, rest_peak, rest_retained, n_groups = _select(
         peak, retained_runs, code, top, repeat > 1, whole_files=group_by == "filename"
     )
     if rss_note(probe):
         notes.append(rss_note(probe))
-    if watcher is not None and watcher.snapshots:
-        notes.append(f"{watcher.snapshots} snapshot(s) taken during the run ({watcher.seconds:.3g} s)")
+    if not peak_exact:
+        notes.append(
+            "tracemalloc was already tracing (your own tracing), and its peak is yours, so ipymem did not reset it:"
+            " the heap peak is the highest seen at your lines' boundaries, at least what is shown"
+        )
     outcome, error_text = outcome_of(error)
     result = AllocResult(
         statement=statement,
@@ -458,9 +897,12 @@ def alloctrace(
         groups=n_groups,
         rest_peak_size=rest_peak,
         rest_retained_size=rest_retained,
-        outside_peak_size=peak_outside[0] - before_outside[0],
-        outside_retained_size=final_outside[0] - before_outside[0],
-        snapshots=watcher.snapshots if watcher is not None else 0,
+        outside_peak_size=outside_peak,
+        outside_retained_size=outside_retained,
+        snapshots=ledger.snapshots if ledger is not None else 0,
+        tracemalloc_memory=bookkeeping,
+        peak_exact=peak_exact,
+        lines_watched=hook,
         outcome=outcome,
         error=error_text,
         notes=tuple(notes),
@@ -468,16 +910,16 @@ def alloctrace(
     return result, error
 
 
-def _one_run(func: Callable[[], object], watcher: _PeakWatcher | None) -> BaseException | None:
+def _one_run(func: Callable[[], object], ledger: _LineLedger | None) -> BaseException | None:
     __tracebackhide__ = True  # keep user tracebacks clean (IPython and pytest honour it)
-    if watcher is not None:
-        sys.settrace(watcher)
+    if ledger is not None:
+        sys.settrace(ledger)
     try:
         func()
     except BaseException as exc:
         return exc
     finally:
-        if watcher is not None and sys.gettrace() is watcher:  # the user's code may have set its own
+        if ledger is not None and sys.gettrace() is ledger:  # the user's code may have set its own
             sys.settrace(None)
     return None
 
@@ -488,11 +930,12 @@ def _select(
     """The top entries (reduced data only: one item per location) and the sums of the rest."""
     final = retained_runs[-1] if retained_runs else {}
     zero = (0, 0)
-    # Groups that did not change (blocks from before the run, when tracemalloc was already running) are no rows.
-    keys = {k for k, v in peak.items() if v[0] or v[1]} | {k for k, v in final.items() if v[0] or v[1]}
+    # A row needs something in it: groups that held less than ROW_MIN at the peak and after every run
+    # (a ``del`` line, a ``def`` line's frame set-up, blocks from before the run) are in the rest's sums.
+    keys = {k for k, v in peak.items() if abs(v[0]) >= ROW_MIN} | {k for k, v in final.items() if abs(v[0]) >= ROW_MIN}
     if repeated:
         for g in retained_runs[:-1]:
-            keys |= {k for k, v in g.items() if v[0] or v[1]}
+            keys |= {k for k, v in g.items() if abs(v[0]) >= ROW_MIN}
 
     def by_run(k: Key) -> tuple[int, ...]:
         return tuple(g.get(k, zero)[0] for g in retained_runs)

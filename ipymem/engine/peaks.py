@@ -170,6 +170,15 @@ class PeakLedger:
                 self._open.remove(w)
             return out
 
+    def reset_now(self) -> bool:
+        """Reset the counter for a caller that owns it (folding it into every open window first)."""
+        with self._lock:
+            reset = self._fold_and_reset(self._read())
+            if reset:
+                for other in self._open:
+                    other.mark = None
+            return reset
+
     @property
     def open_windows(self) -> int:
         return len(self._open)
@@ -325,6 +334,12 @@ class _HeapPeak:
                 started = True
             self.owners += 1
             return started
+
+    def adopt(self) -> None:
+        """tracemalloc was just started by ipymem code itself (``%memtrace``, with its own frame count)."""
+        with self._lock:
+            self.started_by_us = True
+            self.owners += 1
 
     def release(self) -> None:
         """One ipymem user is done; stop tracemalloc if ipymem started it and nobody else of ipymem uses it."""

@@ -3,14 +3,12 @@
 All sizes are Python-heap bytes as traced by :mod:`tracemalloc` (the RSS
 figures of the total are the exception and say so).  Two columns per entry:
 
-* **held at the heap peak** (``peak_size`` / ``peak_count``): blocks
-  allocated during the run by this location that were still alive at the
-  moment the traced Python heap was highest *as observed* (at a line
-  boundary of user code, or at the end of the run).  tracemalloc only
-  knows live blocks, so this is what the location "allocated" in the sense
-  that matters for the peak; blocks allocated and freed between two
-  observations are not in it (they are in the heap peak of the total row,
-  which is exact, and the gap is reported as ``unobserved_peak``).
+* **held at the heap peak** (``peak_size`` / ``peak_count``): what the
+  blocks allocated during the run while this line was running (in it or
+  in any library it called) held at the moment the traced Python heap was
+  highest (tracemalloc's exact peak).  The rows, the rest and "outside your
+  code" sum to that peak.  ``peak_count`` is at least the blocks alive then
+  (blocks allocated and freed inside the peak line are in its size only).
 * **retained after the run** (``retained_size`` / ``retained_count``):
   blocks allocated during the run and still alive after it (and after a
   garbage collection): the leak suspects.
@@ -34,6 +32,9 @@ INTERRUPTED = "interrupted"
 ERROR = "error"
 
 GROUPINGS = ("lineno", "filename", "traceback")
+
+#: Smallest size (bytes, held at the peak or retained) that makes a row: below it a row reads 0.00 MiB.
+ROW_MIN = 5243  # 0.005 MiB
 
 
 @dataclass(frozen=True)
@@ -118,9 +119,10 @@ class AllocResult(Comparable):
     allocations whose traceback holds no user frame; zero with ``--all``).
 
     Heap figures (``heap_*``) are the whole traced Python heap in bytes;
-    ``heap_peak`` is exact (``tracemalloc.reset_peak`` before the first run,
-    read after the last); ``observed_peak`` is the heap at the moment the
-    "held at peak" snapshot was taken.  RSS figures are process memory.
+    ``heap_peak`` is exact (tracemalloc's peak) unless ``peak_exact`` is
+    False; ``observed_peak`` is the heap of the state the "held at peak"
+    column describes (the peak itself, or the end of the run when the lines
+    could not be watched).  RSS figures are process memory.
     """
 
     statement: str
@@ -141,6 +143,15 @@ class AllocResult(Comparable):
     outside_peak_size: int = 0
     outside_retained_size: int = 0
     snapshots: int = 0
+    #: Growth of tracemalloc's own memory during the run (``tracemalloc.get_tracemalloc_memory``): part of
+    #: the RSS change, none of the Python heap's (about 50-100 bytes per traced block).
+    tracemalloc_memory: int = 0
+    #: False when tracemalloc was already tracing with a higher peak of the user's: ``heap_peak`` is then a
+    #: lower bound (the highest heap seen at the user's line boundaries), not tracemalloc's exact peak.
+    peak_exact: bool = True
+    #: False when another trace function was set, so the user's lines could not be watched: library
+    #: allocations are then outside the user's code and the "held at peak" column is the end state.
+    lines_watched: bool = True
     outcome: str = "ok"
     error: str | None = None
     notes: tuple[str, ...] = ()
@@ -165,7 +176,7 @@ class AllocResult(Comparable):
 
     @property
     def unobserved_peak(self) -> int:
-        """Part of the heap peak no snapshot saw (blocks allocated and freed between two observations)."""
+        """Part of the heap peak in no row: only when the lines could not be watched (``lines_watched``)."""
         return max(0, self.heap_peak - self.observed_peak)
 
     @property

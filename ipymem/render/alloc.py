@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from ..models.alloc import AllocResult
+from ..models.alloc import ROW_MIN, AllocResult
 from ..units import fmt_bytes, fmt_number, fmt_seconds
 from ._html import CODE_STYLE, FG2, e, footer, head, notice, table
 from ._html import caption_for as _caption_for
@@ -17,10 +17,30 @@ WHAT = {"lineno": "lines", "filename": "files", "traceback": "tracebacks"}
 def _scope(result: AllocResult) -> str:
     p = result.params
     where = "all code" if p.all_frames else "your code"
-    frames = f"{p.depth} frame{'s' if p.depth != 1 else ''} per allocation"
+    how = ""
+    if p.depth > 1:
+        how = f", {p.depth} frames per allocation"
+    if not p.all_frames and result.lines_watched:
+        how += ", library allocations booked on your line that called them"
     runs = f", {result.runs} of {p.repeat} runs" if p.repeat > 1 else ""
     shown = f"top {len(result.entries)} of {result.groups} {WHAT[p.group_by]} in {where}"
-    return f"Python heap (tracemalloc), {shown}, {frames}{runs}"
+    return f"Python heap (tracemalloc), {shown}{how}{runs}"
+
+
+#: RSS growth beyond the Python heap's that earns the "tracemalloc cannot see it" line (bytes) ...
+UNSEEN_MIN = 16 * 2**20
+
+
+def _unseen(result: AllocResult) -> int:
+    """How much more RSS grew than the Python heap held, when that is much more (else 0)."""
+    heap = max(result.retained, 0)
+    extra = result.rss_increment - heap
+    return extra if extra >= max(UNSEEN_MIN, heap // 4) else 0
+
+
+def _shown(x: int, precision: int) -> bool:
+    """Whether ``x`` bytes print as something other than 0 at this precision."""
+    return fmt_number(abs(x), precision) != fmt_number(0, precision)
 
 
 def _outside(result: AllocResult) -> str:
@@ -41,14 +61,25 @@ def _totals(result: AllocResult, precision: int) -> list[str]:
     def b(n: int) -> str:
         return fmt_bytes(n, precision, sign=True)
 
+    at_least = "" if result.peak_exact else "at least "
     lines = [
-        f"Python heap peak {b(result.peak_increment)} above its start"
+        f"Python heap peak {at_least}{b(result.peak_increment)} above its start"
         f" · net retained {b(result.retained)} · process RSS {b(result.rss_increment)} (after − before)"
     ]
-    if result.unobserved_peak > max(64 * 1024, 0.02 * result.peak_increment):
+    if not result.lines_watched and _shown(result.unobserved_peak, precision):
         lines.append(
-            f"{fmt_bytes(result.unobserved_peak, precision)} of the peak was allocated and freed between two"
-            " observations (inside one line or library call): counted in the peak, not in any row"
+            f"{fmt_bytes(result.unobserved_peak, precision)} of the peak is in no row: it was freed before the end"
+            " of the run, and with another trace function set ipymem could not watch your lines"
+        )
+    unseen = _unseen(result)
+    if unseen:
+        own = min(max(result.tracemalloc_memory, 0), unseen)
+        of_which = (
+            f", {fmt_bytes(own, precision)} of it tracemalloc's own bookkeeping" if _shown(own, precision) else ""
+        )
+        lines.append(
+            f"process RSS grew {fmt_bytes(unseen, precision)} more than the Python heap{of_which}: memory"
+            " tracemalloc cannot see (C allocations, allocator caches); %memit and %mprun measure RSS"
         )
     return lines
 
@@ -83,11 +114,13 @@ def alloc_text(result: AllocResult, precision: int = 2) -> str:
         row.append(src)
         rows.append(row)
     extra = len(headers) - 5
-    if result.rest_peak_size or result.rest_retained_size:
+    if _shown(result.rest_peak_size, precision) or _shown(result.rest_retained_size, precision):
         rows.append(
             ["other " + WHAT[p.group_by], n(result.rest_peak_size), "", n(result.rest_retained_size), ""] + [""] * extra
         )
-    if not p.all_frames and (result.outside_peak_size or result.outside_retained_size):
+    if not p.all_frames and (
+        _shown(result.outside_peak_size, precision) or _shown(result.outside_retained_size, precision)
+    ):
         rows.append(
             ["outside your code", n(result.outside_peak_size), "", n(result.outside_retained_size), ""] + [""] * extra
         )
@@ -110,11 +143,14 @@ def alloc_text(result: AllocResult, precision: int = 2) -> str:
         lines.append(fmt(headers))
         lines.extend(fmt(r) for r in rows)
     else:
-        lines.append("  no allocation from " + ("any code" if p.all_frames else "your code") + " was traced")
+        lines.append(
+            f"  no {WHAT[p.group_by][:-1]} of "
+            + ("any code" if p.all_frames else "your code")
+            + f" held {fmt_bytes(ROW_MIN, 3)} or more"
+        )
     lines.extend("  " + t for t in _totals(result, precision))
     lines.append(
-        f"  {PEAK_HEADER}: blocks allocated by the {WHAT[p.group_by][:-1]} during the run and alive when the traced"
-        f" heap was highest; {RETAINED_HEADER}: still alive after the run and a gc"
+        f"  {_legend(result)}"
         + (f"; {GROWTH_HEADER}: retained growth per run, '!' = grew in every run" if repeated else "")
     )
     suspects = result.leak_suspects
@@ -130,6 +166,15 @@ def alloc_text(result: AllocResult, precision: int = 2) -> str:
 _PROSE = '<span style="white-space:normal;font-family:var(--jp-content-font-family, sans-serif)">{}</span>'
 _PEAK_BAR = "#4c78a8"
 _RETAINED_BAR = "#f58518"
+
+
+def _legend(result: AllocResult) -> str:
+    what = WHAT[result.params.group_by][:-1]
+    return (
+        f"{PEAK_HEADER}: what the {what}'s allocations held when the traced heap was highest"
+        f" (tracemalloc's {'exact ' if result.peak_exact else ''}peak); {RETAINED_HEADER}: still held after the run"
+        " and a gc"
+    )
 
 
 def _bar(size: int, scale: int, color: str) -> str:
@@ -190,11 +235,11 @@ def alloc_html(result: AllocResult, precision: int = 2) -> str:
         row.append(f'<div style="width:6em">{bars}</div>')
         rows.append(row)
     blank = [""] * (len(headers) - 6)
-    if result.rest_peak_size or result.rest_retained_size:
+    if _shown(result.rest_peak_size, precision) or _shown(result.rest_retained_size, precision):
         rows.append(
             [e("other " + WHAT[p.group_by]), "", n(result.rest_peak_size), "", n(result.rest_retained_size), "", *blank]
         )
-    if result.outside_peak_size or result.outside_retained_size:
+    if _shown(result.outside_peak_size, precision) or _shown(result.outside_retained_size, precision):
         rows.append(
             [
                 e(_outside(result)),
@@ -202,7 +247,9 @@ def alloc_html(result: AllocResult, precision: int = 2) -> str:
                     e(
                         "ipymem's own bookkeeping"
                         if p.all_frames
-                        else "libraries, interpreter, ipymem: no frame of yours"
+                        else "allocated while none of your lines ran (IPython, the interpreter, ipymem)"
+                        if result.lines_watched
+                        else "libraries and the interpreter: no frame of yours"
                     )
                 ),
                 n(result.outside_peak_size),
@@ -216,8 +263,10 @@ def alloc_html(result: AllocResult, precision: int = 2) -> str:
         "<b>Total</b>",
         _PROSE.format(
             e(
-                f"Python heap peak {fmt_bytes(result.peak_increment, precision, sign=True)} above its start "
-                f"(exact); process RSS {fmt_bytes(result.rss_increment, precision, sign=True)} (after − before)"
+                f"Python heap peak {'' if result.peak_exact else 'at least '}"
+                f"{fmt_bytes(result.peak_increment, precision, sign=True)} above its start "
+                f"({'exact' if result.peak_exact else 'a lower bound'}); "
+                f"process RSS {fmt_bytes(result.rss_increment, precision, sign=True)} (after − before)"
             )
         ),
         f"<b>{n(result.peak_increment)}</b>",
@@ -234,9 +283,7 @@ def alloc_html(result: AllocResult, precision: int = 2) -> str:
         parts.append(footer(t))
     parts.append(
         footer(
-            f"{PEAK_HEADER}: blocks allocated during the run and alive when the traced heap was highest; "
-            f"{RETAINED_HEADER}: still alive after the run and a garbage collection"
-            + (f"; {GROWTH_HEADER}: retained growth per run, ⚠ = grew in every run" if repeated else "")
+            _legend(result) + (f"; {GROWTH_HEADER}: retained growth per run, ⚠ = grew in every run" if repeated else "")
         )
     )
     for s in _status(result):
