@@ -20,7 +20,26 @@ from .probes import Probe, shared_probe
 # -- memory meters: (value, peak since the previous reading) ----------------------------
 
 
-class _ProcfsMeter:
+class _WindowMeter:
+    """A meter whose peaks come from a window on a shared counter (:class:`.peaks.PeakLedger`)."""
+
+    def _open_window(self, ledger: peaks.PeakLedger) -> None:
+        self._ledger = ledger
+        self._window: peaks.Window | None = ledger.open()
+        self._take = ledger.take
+
+    def _with_peak(self, value: int) -> tuple[int, int]:
+        """``(value, peak since the previous reading)``; the counter may lag a little below ``value``."""
+        peak = self._take(self._window)[0]
+        return value, (peak if peak is not None and peak > value else value)
+
+    def _close_window(self) -> None:
+        window, self._window = self._window, None
+        if window is not None:
+            self._ledger.close(window)
+
+
+class _ProcfsMeter(_WindowMeter):
     """Linux: RSS from a kept-open ``statm``; window peaks from the kernel high-water mark.
 
     The mark is shared by the whole process, so it is read and reset through a
@@ -33,26 +52,19 @@ class _ProcfsMeter:
     def __init__(self) -> None:
         self._page = os.sysconf("SC_PAGE_SIZE")
         self._statm = os.open("/proc/self/statm", os.O_RDONLY)
-        self._ledger = peaks.rss_peaks
         self.exact_peaks = peaks.rss_peak_resettable()
         self.method = (
             "RSS from /proc/self/statm, peaks from the kernel high-water mark"
             if self.exact_peaks
             else "RSS from /proc/self/statm, peaks from the readings (and new lifetime maxima)"
         )
-        self._window: peaks.Window | None = self._ledger.open()
-        self._take = self._ledger.take
+        self._open_window(peaks.rss_peaks)
 
     def read(self) -> tuple[int, int]:
-        value = int(os.pread(self._statm, 128, 0).split(None, 2)[1]) * self._page
-        peak = self._take(self._window)[0]
-        # The high-water mark is folded in lazily and can read a little below current RSS.
-        return value, (peak if peak is not None and peak > value else value)
+        return self._with_peak(int(os.pread(self._statm, 128, 0).split(None, 2)[1]) * self._page)
 
     def close(self) -> None:
-        window, self._window = self._window, None
-        if window is not None:
-            self._ledger.close(window)
+        self._close_window()
         fd, self._statm = getattr(self, "_statm", None), None
         if fd is not None:
             with contextlib.suppress(OSError):
@@ -90,7 +102,7 @@ class _ChildrenMeter:
         self._inner.close()
 
 
-class _HeapMeter:
+class _HeapMeter(_WindowMeter):
     """The Python heap as traced by tracemalloc: exact current and peak.
 
     tracemalloc's peak is shared (the user's own tracing, an outer ``%memit
@@ -104,23 +116,17 @@ class _HeapMeter:
     per_line = True
 
     def __init__(self) -> None:
-        self._ledger = peaks.heap_peaks
         self.exact_peaks = peaks.heap_tracing.resettable()
         if not self.exact_peaks:
             self.method = "Python heap from tracemalloc (your tracing: peaks from the readings and new maxima)"
-        self._window: peaks.Window | None = self._ledger.open()
-        self._take = self._ledger.take
+        self._open_window(peaks.heap_peaks)
         self._get = tracemalloc.get_traced_memory
 
     def read(self) -> tuple[int, int]:
-        value = self._get()[0]
-        peak = self._take(self._window)[0]
-        return value, (peak if peak is not None and peak > value else value)
+        return self._with_peak(self._get()[0])
 
     def close(self) -> None:
-        window, self._window = self._window, None
-        if window is not None:
-            self._ledger.close(window)
+        self._close_window()
 
 
 def make_meter(backend: str = "rss", include_children: bool = False, probe: Probe | None = None) -> Any:

@@ -323,21 +323,9 @@ def plot_timeline(
     return chart.figure
 
 
-def render_png(
-    samples: Sequence[tuple[float, int]],
-    heap: Sequence[tuple[float, int]] | None = None,
-    markers: Sequence[Marker] = (),
-    title: str = "",
-    size: tuple[int, int] = SIZE,
-    dpi: int = DPI,
-    peak: Peak | None = None,
-    end: float | None = None,
-    metric: str = "RSS",
-) -> bytes:
-    """PNG bytes of :func:`plot_timeline`'s chart."""
-    chart = Chart(size, dpi)
-    chart.update(samples, heap, markers, title, peak=peak, end=end, metric=metric)
-    return chart.png()
+def render_png(samples: Sequence[tuple[float, int]], *args: Any, **kwargs: Any) -> bytes:
+    """PNG bytes of :func:`plot_timeline`'s chart (same arguments)."""
+    return plot_timeline(samples, *args, **kwargs)._ipymem_chart.png()
 
 
 def memit_peak(result: Any) -> Peak | None:
