@@ -206,11 +206,11 @@ class _Books:
         if cur is not None:
             value = self.value
             self.close(a, cur, value, a.lpeak)
-            if self.quiet is not None:
-                value = self.rebase()
             a.start = a.lpeak = value
         self.count[line] += 1
         self.cur = line
+        if self.quiet is not None and cur is not None:  # last, after every object the booking made
+            a.start = a.lpeak = self.rebase()
         self._arm()
 
     def rebase(self) -> int:
