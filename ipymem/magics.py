@@ -27,7 +27,7 @@ from .files import writable_file
 from .live import MemWatch, live_view
 from .models import AllocResult, MemitResult, MemwhoResult, MprunResult
 from .render import alloc_html, alloc_text, memit_html, memit_text, memwho_html, memwho_text, mprun_html, mprun_text
-from .render.chart import alloc_peak, alloc_title, memit_peak, memit_title
+from .render.chart import alloc_peak, alloc_title, memit_peak, memit_title, mprun_peak, mprun_title
 from .shell import (
     Opt,
     ProgressLine,
@@ -421,6 +421,8 @@ class MemoryMagics(Magics):
             result, error = call_engine(profile, run)
             if result.outcome != "ok":
                 view.note(result.outcome)
+            if not heap:  # the final chart states the profiled code's peak (the heap chart's series is its own)
+                view.conclude(mprun_title(result), mprun_peak(result))
             if nested:
                 result = _without_idle_nested(result, len(targets))
             saved = None

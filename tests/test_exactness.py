@@ -462,3 +462,23 @@ def test_profiled_code_that_frees_the_monitoring_tool_is_reported():
     result, error = ipymem.engine.profile_lines(frees, [frees], tracer="monitoring")
     assert error is None
     assert any("freed sys.monitoring tool id" in n for n in result.notes), result.notes
+
+
+def test_mprun_chart_states_the_profiled_codes_exact_peak(ip):
+    ip.run_cell(
+        "import numpy as np\n"
+        "def spiky():\n"
+        "    b = np.ones(200 * 2**17)  # 200 MiB, freed at once\n"
+        "    del b\n"
+        "    return 1\n"
+    )
+    r = ip.line("mprun", "-o -q -f spiky spiky()")
+    f = r.functions[0]
+    assert r.peak_exact and r.peak_value is not None
+    entry = f.lines[1].mem_after - f.lines[1].increment  # memory when the first line started
+    assert abs(r.peak_value - (entry + f.peak)) < 2 * MiB
+    from ipymem.render.chart import mprun_peak, mprun_title
+
+    assert mprun_peak(r).value == r.peak_value
+    assert f"peak {r.peak_value / MiB:,.1f} MiB" in mprun_title(r) and "exact" in mprun_title(r)
+    assert r.plot() is not None

@@ -125,6 +125,8 @@ class _Books:
         self.top: _Act | None = None
         self.suspended: dict[int, _Act] = {}
         self.foreign = 0  # events from other threads, ignored
+        #: the highest memory reached while profiled code ran (the windows' peaks), or None
+        self.high: int | None = None
         #: The heap backend's gate (see :func:`_heap_quiet`), or None: the time gate.
         self.quiet: Callable[[], int] | None = _heap_quiet(self) if getattr(meter, "per_line", False) else None
         #: memory at each return to unprofiled code minus at the entry from it, summed: the net change of
@@ -158,7 +160,10 @@ class _Books:
         self.value = value
         self.readings += 1
         self.time = time.perf_counter_ns()
-        return peak if peak > old else old
+        high = peak if peak > old else old
+        if self.stack and (self.high is None or high > self.high):  # a window that ran inside profiled code
+            self.high = high
+        return high
 
     def _due(self) -> bool:
         return time.perf_counter_ns() - self.time >= self.gate

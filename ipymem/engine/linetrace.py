@@ -257,6 +257,8 @@ def profile_lines(
         duration=duration,
         readings=books.readings,
         net=books.net,
+        peak_value=books.high,
+        peak_exact=bool(getattr(meter, "exact_peaks", False)),
         outcome=outcome,
         error=error_text,
         notes=tuple(notes),

@@ -133,6 +133,10 @@ class MprunResult(Comparable):
     #: Memory at each return to unprofiled code minus at the entry from it, summed: the net change of all
     #: profiled functions together, with a function called by another counted once (``None``: not known).
     net: int | None = None
+    #: The highest memory (of the backend's metric) reached while profiled code ran, in bytes, and whether
+    #: it is exact (the kernel's high-water mark, tracemalloc's peak) or the highest reading ("at least").
+    peak_value: int | None = None
+    peak_exact: bool = False
 
     @property
     def total_increment(self) -> int:
@@ -198,11 +202,14 @@ class MprunResult(Comparable):
     # -- display ----------------------------------------------------------
     def plot(self, title: str | None = None) -> Any:
         """The RSS timeline with each profiled call's start and end, as a matplotlib ``Figure`` (no pyplot)."""
-        from ..render.chart import Marker, plot_timeline
+        from ..render.chart import Marker, mprun_peak, mprun_title, plot_timeline
 
-        if title is None:
-            title = "%mprun · " + ", ".join(f.name.rsplit(".", 1)[-1] for f in self.functions)
-        return plot_timeline(self.timeline, markers=[Marker(*c) for c in self.calls], title=title)
+        return plot_timeline(
+            self.timeline,
+            markers=[Marker(*c) for c in self.calls],
+            title=mprun_title(self) if title is None else title,
+            peak=mprun_peak(self) if self.params.backend == "rss" else None,
+        )
 
     def __str__(self) -> str:
         from ..render.lines import mprun_text

@@ -328,6 +328,22 @@ def render_png(samples: Sequence[tuple[float, int]], *args: Any, **kwargs: Any) 
     return plot_timeline(samples, *args, **kwargs)._ipymem_chart.png()
 
 
+def mprun_peak(result: Any) -> Peak | None:
+    """The highest memory an ``%mprun`` result saw while profiled code ran, as its chart states it."""
+    value = getattr(result, "peak_value", None)
+    if value is None:
+        return None
+    how = "exact" if result.peak_exact and not result.params.include_children else "at least: readings"
+    return Peak(value, how, what="profiled code's" if result.params.backend == "rss" else "Python heap")
+
+
+def mprun_title(result: Any) -> str:
+    """``%mprun · f, g · peak ... `` for the final chart."""
+    names = ", ".join(f.name.rsplit(".", 1)[-1] for f in result.functions)
+    peak = mprun_peak(result)
+    return f"%mprun · {names}" + (f" · {peak.text()}" if peak is not None else "")
+
+
 def memit_peak(result: Any) -> Peak | None:
     """The peak a ``%memit`` result's table states, as the chart states it (exact or sampled)."""
     if not getattr(result, "runs", None):
