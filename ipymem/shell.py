@@ -382,6 +382,8 @@ def run_awaitable(shell: Any, coro: Any) -> Any:
 
 def _until_done(loop: Any, task: Any, running: bool, grace: float | None = None) -> None:
     """Turn ``loop`` until ``task`` is done (or, with ``grace``, at most that many seconds)."""
+    import asyncio
+
     if not running:  # a loop at rest (terminal IPython between cells): run it, as IPython's runner does
         if grace is None:
             loop.run_until_complete(task)
