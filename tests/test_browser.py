@@ -1,4 +1,4 @@
-"""Browser test: JupyterLab in headless chromium, driven by Playwright (recipe: BROWSER.md).
+"""Browser test: JupyterLab in headless chromium, driven by Playwright. The recipe: Debian's chromium via ``executable_path``, never ``playwright install``.
 
 A cell runs ``%memit`` on ~6 s of work that allocates as it goes.  While the
 prompt says ``[*]``, the live chart's ``<img>`` must change (a
@@ -214,7 +214,7 @@ CHECK_OUTPUT = """
 
 
 def _open(page, url: str) -> None:
-    """Open a notebook and wait until its kernel is really there (BROWSER.md, "Kernel ready")."""
+    """Open a notebook and wait until its kernel is really there."""
     page.goto(url)
     page.locator(".jp-Notebook .jp-CodeCell").first.wait_for(timeout=60_000)
     page.wait_for_function(
@@ -328,7 +328,7 @@ def _write_notebook(path: Path, cells: list[str]) -> None:
 
 @contextlib.contextmanager
 def _server(frontend: str):
-    """One Jupyter server (``lab`` or ``notebook``) in a fresh directory, per BROWSER.md."""
+    """One Jupyter server (``lab`` or ``notebook``) in a fresh directory."""
     import psutil
 
     # A short path: chromium's singleton socket path must fit in a sockaddr_un (108 bytes).

@@ -797,7 +797,7 @@ def alloctrace(
             # (its own peak survives: the owner folds it in before resetting).
             owns_peak = not was_tracing or peaks.heap_tracing.resettable()
             if owns_peak:
-                _heap_peak_reset()  # ours to reset; the user's own tracing keeps its peak (see DESIGN.md)
+                _heap_peak_reset()  # ours to reset; the user's own tracing keeps its peak (see engine/peaks.py)
             heap_start = _heap_peak()[0]
             bookkeeping_start = tracemalloc.get_tracemalloc_memory()
             ledger = _LineLedger(
