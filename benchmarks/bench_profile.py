@@ -26,10 +26,12 @@ import os
 import sys
 import tempfile
 import textwrap
-import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.dirname(HERE))  # this checkout's ipymem first
+sys.path.insert(0, HERE)
+
+from bench_mprun import best  # noqa: E402  (one timing helper for both benchmarks)
 
 WORKLOAD = """
 def fib(n):
@@ -37,15 +39,6 @@ def fib(n):
         return n
     return fib(n - 1) + fib(n - 2)
 """
-
-
-def best(fn, repeat: int) -> float:
-    times = []
-    for _ in range(repeat):
-        t0 = time.process_time()
-        fn()
-        times.append(time.process_time() - t0)
-    return min(times)
 
 
 def _module(name: str, tmp: str):
