@@ -81,7 +81,7 @@ def main() -> None:
     mine = _module("fib_ipymem", tmp)
     mine.fib = ipymem.profile(mine.fib, quiet=True)
     rows.append(("ipymem @profile", n, best(lambda: mine.fib(n), 3)))
-    assert len(mine.fib.profiles) == 3 and mine.fib.profile.function("fib").calls == 3 * (2 * _fib(n + 1) - 1)
+    assert len(mine.fib.profiles) == 3 and mine.fib.profile.function("fib").activations == 3 * (2 * _fib(n + 1) - 1)
 
     magic = _module("fib_magic", tmp)
     shell.user_ns["fm"] = magic

@@ -249,6 +249,7 @@ def _merge_functions(a: FunctionProfile, b: FunctionProfile) -> FunctionProfile:
         a,
         lines=tuple(by_line[n] for n in sorted(by_line)),
         calls=a.calls + b.calls,
+        activations=a.activations + b.activations,
         peak=max(peaks) if peaks else None,
     )
 
@@ -298,6 +299,9 @@ def merge_results(results: Sequence[MprunResult], statement: str | None = None) 
         notes=tuple(notes),
         timeline=(),
         calls=(),
+        net=None if any(r.net is None for r in results) else sum(r.net for r in results),  # type: ignore[misc]
+        peak_value=max((r.peak_value for r in results if r.peak_value is not None), default=None),
+        peak_exact=all(r.peak_exact for r in results),
     )
 
 
