@@ -541,6 +541,10 @@ def test_recursion_is_one_profile():
     f = fib.profile.function("fib")
     assert f.calls == 1 and f.activations == 3193  # every call of fib(16)'s tree, in that one outer call
     assert [n for _, n in _executed(fib.profile, "fib")] == [3193]
+    fib(16)  # a second call: the merged profile sums calls, activations and nets
+    f = fib.profile.function("fib")
+    assert f.calls == 2 and f.activations == 2 * 3193
+    assert fib.profile.total_increment == sum(p.total_increment for p in fib.profiles)
 
 
 def test_a_decorated_function_called_by_another_is_in_the_running_profile():
