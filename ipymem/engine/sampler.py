@@ -26,7 +26,15 @@ THREAD_PREFIX = "ipymem-"
 
 #: Threads of the kernel and of IPython that wake only to move messages or save history:
 #: their memory is noise, and naming them in every report would hide a real worker thread.
-INFRASTRUCTURE_THREADS = (THREAD_PREFIX, "IOPub", "Heartbeat", "Control", "IPythonHistorySavingThread", "Shell")
+INFRASTRUCTURE_THREADS = (
+    THREAD_PREFIX,
+    "IOPub",
+    "Heartbeat",
+    "Control",
+    "IPythonHistorySavingThread",
+    "Shell",
+    "subshell-",  # ipykernel 7: the subshell the widgets frontend asks for
+)
 
 
 class ThreadActivity:
