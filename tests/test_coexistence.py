@@ -257,7 +257,8 @@ def test_mprun_and_memtrace_under_another_settrace_function(ip):
     lines = {ln.lineno - first: ln for ln in r.functions[0].lines}
     assert [lines[n].occurrences for n in (1, 2, 3)] == [1, 1, 1]
     assert lines[1].increment > 30 * MiB  # [0] * (5 * 10**6): 40 MB of pointers
-    assert any("another trace function" in n for n in a.notes)
+    # 3.12+ watches lines through sys.monitoring beside the user's tracer; before, it says it cannot
+    assert any("another trace function" in n for n in a.notes) != HAS_MONITORING
     assert a.outcome == "ok"
 
 

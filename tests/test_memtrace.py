@@ -276,10 +276,16 @@ def test_existing_trace_function_is_kept(ip):
         assert sys.gettrace() is tracer
     finally:
         sys.settrace(old)
-    assert any("another trace function" in n for n in r.notes)
     listed = entry_for(r, "keep = ")
-    assert listed.retained_size > 5 * MiB  # retained is unaffected; held-at-peak falls back to the end state
-    assert r.peak_increment >= 50 * MiB and r.unobserved_peak >= 45 * MiB
+    assert listed.retained_size > 5 * MiB  # retained is unaffected
+    assert r.peak_increment >= 50 * MiB
+    if hasattr(sys, "monitoring"):
+        # 3.12+: ipymem watches the user's lines through sys.monitoring, beside any trace function
+        assert not any("another trace function" in n for n in r.notes) and r.lines_watched
+        assert r.unobserved_peak == 0 and abs(entry_for(r, "tmp = ").peak_size - 50 * MiB) < 0.01 * 50 * MiB
+    else:  # one trace function per thread: held-at-peak falls back to the end state, and the report says so
+        assert any("another trace function" in n for n in r.notes)
+        assert r.unobserved_peak >= 45 * MiB
 
 
 def test_many_allocations_are_reduced_before_anything_else(ip):

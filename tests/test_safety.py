@@ -152,6 +152,35 @@ def test_mprun_takes_a_general_purpose_tool_id_and_never_a_standard_ones(ip):
             mon.free_tool_id(i)
 
 
+@pytest.mark.skipif(not HAS_MONITORING, reason="sys.monitoring needs Python 3.12+")
+def test_memtrace_watches_lines_with_a_general_purpose_tool_id_or_falls_back_to_settrace(ip):
+    mon = sys.monitoring
+    ip.run_cell(
+        "import sys, numpy as np\ndef f():\n    global seen, tracer\n"
+        "    seen = [sys.monitoring.get_tool(i) for i in range(6)]\n    tracer = sys.gettrace()\n"
+        "    return np.ones(2**20)\n"
+    )
+    r = ip.line("memtrace", "-q -o a = f()")
+    assert ip.user_ns["seen"] == [None, None, None, "ipymem", None, None] and ip.user_ns["tracer"] is None
+    held = [e for e in r.entries if e.source == "return np.ones(2**20)"]
+    assert held and held[0].retained_size >= 8 * 2**20  # np.ones is Python code in numpy: booked on the line
+    taken = []
+    try:
+        for i in (3, 4, 5):
+            if mon.get_tool(i) is None:
+                mon.use_tool_id(i, "someone")
+                taken.append(i)
+        r = ip.line("memtrace", "-q -o a = f()")
+        assert ip.user_ns["seen"][:3] == [None, None, None]  # debugger, coverage, profiler ids left free
+        assert ip.user_ns["tracer"] is not None  # no id free: the sys.settrace watcher, with the same books
+        held = [e for e in r.entries if e.source == "return np.ones(2**20)"]
+        assert held and held[0].retained_size >= 8 * 2**20
+    finally:
+        for i in taken:
+            mon.free_tool_id(i)
+    assert sys.gettrace() is None and [mon.get_tool(i) for i in (3, 4, 5)] == [None, None, None]
+
+
 # -- tracebacks as a user sees them ------------------------------------------------------
 
 BOOM = """\
@@ -360,8 +389,8 @@ def test_pdb_inside_every_magic(ip, magic):
     ip.run_cell(PROFILED)
     result = ip.run_cell(f"%{magic} shown = with_pdb()")
     assert result.success, result.error_in_exec
-    # The debugger stopped and answered.  (Under %memtrace it stops at the function's return, not its
-    # next line: memtrace's heap watcher turns line events off in function frames.)
+    # The debugger stopped and answered.  (Under %memtrace before 3.12 it stops at the function's return,
+    # not its next line: memtrace's settrace watcher turns line events off in function frames.)
     assert "42" in ip.user_ns["shown"].getvalue()
     assert sys.gettrace() is None
 

@@ -8,14 +8,16 @@ How it works, per measurement:
    its traces are kept, and a snapshot of them is the baseline that later
    figures are relative to.  Its peak is reset only when ipymem started it:
    the user's own tracing keeps its peak (see :func:`_heap_peak_reset`).
-2. While the callable runs, a line ledger (:class:`_LineLedger`, a
-   ``sys.settrace`` hook on user code only) books every block on the user
-   line that was running when it was allocated, however deep in library
-   code the allocation happened, and keeps the per-line state at the exact
-   heap peak.  If a trace function is already set (a debugger, coverage,
-   ``%mprun`` on 3.11), it is not replaced: library allocations are then
-   outside the user's code and "held at peak" is the end state, and a note
-   says so.
+2. While the callable runs, a line ledger (:class:`_LineLedger`) books
+   every block on the user line that was running when it was allocated,
+   however deep in library code the allocation happened, and keeps the
+   per-line state at the exact heap peak.  It learns which user line runs
+   from ``sys.monitoring`` events on user code only (3.12+, see
+   :mod:`.allocwatch`), or from a ``sys.settrace`` hook (before 3.12, or
+   when no monitoring tool id is free).  A trace function that is already
+   set (a debugger, coverage, ``%mprun`` on 3.11) is not replaced: on the
+   settrace path library allocations are then outside the user's code and
+   "held at peak" is the end state, and a note says so.
 3. After each run (and a garbage collection) a snapshot gives the retained
    column; with ``repeat > 1`` one per run gives the growth per run.
 
@@ -58,7 +60,7 @@ from ..models.alloc import (
     AllocParams,
     AllocResult,
 )
-from . import peaks
+from . import allocwatch, peaks
 from .interrupts import deferred_interrupts
 from .probes import Probe, rss_note, shared_probe
 
@@ -373,6 +375,38 @@ def _heap_peak_reset() -> None:
     peaks.heap_peaks.reset_now()
 
 
+_FROZEN_AT_START: list[int] = []
+
+
+def _interpreter_frozen() -> int:
+    """How many objects the interpreter itself keeps in gc's permanent generation (nobody froze them).
+
+    Python 3.12 starts with a few hundred immortal tuples there (``gc.get_freeze_count()`` is 375 on
+    3.12.1, 0 on 3.11 and 3.13).  ``gc.unfreeze()`` after the run moves them to the oldest
+    generation (the count then reads 0), which is harmless: immortal objects are never freed.  Objects
+    the user froze (before a fork) must stay frozen, so ipymem freezes only when the count is 0 or the
+    interpreter's own, read once from a fresh interpreter (``-S -I``: no site, no user code).
+    """
+    if not _FROZEN_AT_START:
+        count = 0
+        if sys.version_info[:2] == (3, 12) and gc.get_freeze_count() and sys.executable:
+            import subprocess
+
+            try:
+                out = subprocess.run(
+                    [sys.executable, "-S", "-I", "-c", "import gc; print(gc.get_freeze_count())"],
+                    capture_output=True,
+                    text=True,
+                    timeout=10,
+                    check=True,
+                ).stdout
+                count = int(out.strip())
+            except (OSError, ValueError, subprocess.SubprocessError):
+                count = -1  # unknown: never freeze
+        _FROZEN_AT_START.append(count)
+    return _FROZEN_AT_START[0]
+
+
 def _heap_peak() -> tuple[int, int]:
     """The one place alloctrace reads tracemalloc's peak: ``(traced now, peak since the last reset)``."""
     return tracemalloc.get_traced_memory()
@@ -383,10 +417,11 @@ class _LineLedger:
 
     tracemalloc keeps one frame per block (cheap), so a block allocated deep
     inside numpy or pandas names a library line, not the user's.  The ledger
-    adds what that frame cannot say: a ``sys.settrace`` hook on user code
-    only (library frames get no events) marks each boundary between user
-    lines (a line event, or a return to the caller's line) and reads the
-    traced heap there (~0.5 µs).  Each interval between two boundaries
+    adds what that frame cannot say: a watcher on user code only (this
+    class's ``sys.settrace`` hook, or :class:`.allocwatch.MonitoringWatch`
+    on 3.12+) marks each boundary between user lines (a line event, a call
+    into library code, a return to the caller's line) and reads the traced
+    heap there (~0.5 µs).  Each interval between two boundaries
     belongs to one user line (or to nobody: IPython, the interpreter), and
     its net heap change is noted for that line.
 
@@ -787,7 +822,7 @@ def alloctrace(
         with deferred_interrupts() as held_setup:
             if was_tracing and collect:  # the user's traces: their garbage must not be freed during the run
                 gc.collect()
-            if not was_tracing and gc.get_freeze_count() == 0:
+            if not was_tracing and gc.get_freeze_count() in (0, _interpreter_frozen()):
                 # Blocks from before the run are untraced (tracemalloc starts now): the collection after the
                 # run need only look at objects made during it, not at the whole session (~0.15 s with pandas).
                 gc.freeze()
@@ -813,8 +848,11 @@ def alloctrace(
         if held.received or held_setup.received:
             error = KeyboardInterrupt()
             repeat = 0
+        monitored = False
         if watch_peak:
-            if sys.gettrace() is None:
+            if allocwatch.available():  # 3.12+: events on user code only (see engine/allocwatch.py)
+                hook = monitored = True
+            elif sys.gettrace() is None:
                 hook = True
             else:
                 notes.append(
@@ -826,7 +864,9 @@ def alloctrace(
             for _ in range(repeat):
                 t0 = time.perf_counter()
                 ledger.new_run()
-                error = _one_run(func, ledger if hook else None)
+                error, changed = _one_run(func, ledger if hook else None, monitored)
+                if changed and changed not in notes:
+                    notes.append(changed)
                 duration += time.perf_counter() - t0
                 runs += 1
                 # Held: an interrupt landing in a gc callback would be lost, one in the snapshot wasted.
@@ -910,18 +950,43 @@ def alloctrace(
     return result, error
 
 
-def _one_run(func: Callable[[], object], ledger: _LineLedger | None) -> BaseException | None:
+def _one_run(
+    func: Callable[[], object], ledger: _LineLedger | None, monitored: bool = False
+) -> tuple[BaseException | None, str | None]:
+    """Run ``func`` once under the ledger's watcher: ``(the exception it raised, what it did to the watcher)``."""
     __tracebackhide__ = True  # keep user tracebacks clean (IPython and pytest honour it)
-    if ledger is not None:
-        sys.settrace(ledger)
+    if ledger is None:
+        try:
+            func()
+        except BaseException as exc:
+            return exc, None
+        return None, None
+    if monitored:
+        watch = allocwatch.MonitoringWatch(ledger)
+        try:
+            with watch:
+                func()
+        except BaseException as exc:
+            return exc, _watch_note(watch.changed)
+        return None, _watch_note(watch.changed)
+    sys.settrace(ledger)
     try:
         func()
     except BaseException as exc:
-        return exc
+        return exc, None
     finally:
-        if ledger is not None and sys.gettrace() is ledger:  # the user's code may have set its own
+        if sys.gettrace() is ledger:  # the user's code may have set its own
             sys.settrace(None)
-    return None
+    return None, None
+
+
+def _watch_note(changed: str | None) -> str | None:
+    if changed is None:
+        return None
+    return (
+        f"{changed}: from there on ipymem could not see which of your lines ran, so later library"
+        " allocations may be booked on the last line seen (what the code installed is left installed)"
+    )
 
 
 def _select(
