@@ -276,3 +276,29 @@ def test_another_thread_running_user_and_library_code_does_not_move_the_books(ip
     assert close(got[1][1], 8) and close(got[1][0], 8), str(r)
     assert close(got[2][1], 100 * (8000 + 112) / MiB, rel=0.1), str(r)
     assert r.outcome == "ok"
+
+
+@pytest.mark.parametrize("options", ["-g traceback -d 5", "--all"])
+def test_traceback_and_all_frames_groupings_hold_the_exact_peak_too(ip, options):
+    """With ``-g traceback`` or ``--all`` the groups are not the running lines: the part of the peak
+    reached inside the last interval is split over the groups by what each gained by the next snapshot.
+    Known sizes: the issue's cell gives the same figures as by line."""
+    r = ip.cell("memtrace", f"-o -q {options}", ISSUE_CELL)
+    got = rows(r)
+    b = sys.getsizeof(ip.user_ns["b"]) + 10000 * sys.getsizeof(bytes(1000))
+    for line, (peak, kept) in {1: (30, 0), 2: (b / MiB, b / MiB), 3: (20, 20)}.items():
+        assert close(got[line][0], peak) and close(got[line][1], kept), (line, got)
+    total = sum(e.peak_size for e in r.entries) + r.rest_peak_size + r.outside_peak_size
+    assert total == r.peak_increment and r.peak_exact
+
+
+def test_all_frames_puts_a_librarys_transient_on_the_library_line_that_allocated_it(ip):
+    ip.ip.run_cell("import numpy as np")
+    r = ip.cell("memtrace", "-o -q --all", "keep = np.ones(2**20)\ns = np.ones(8 * 2**20).sum()\n")
+    numpy_rows = [e for e in r.entries if "numpy" in e.location]
+    assert numpy_rows, str(r)
+    top = max(numpy_rows, key=lambda e: e.peak_size)
+    # np.ones' empty(): keep's 8 MiB and the 64 MiB temporary, both alive at the peak; keep's after
+    assert close(top.peak_size / MiB, 72) and close(top.retained_size / MiB, 8), str(r)
+    total = sum(e.peak_size for e in r.entries) + r.rest_peak_size + r.outside_peak_size
+    assert total == r.peak_increment

@@ -61,6 +61,7 @@ from ..models.alloc import (
     AllocResult,
 )
 from . import allocwatch, peaks
+from .allocwatch import PerCode
 from .interrupts import deferred_interrupts
 from .probes import Probe, rss_note, shared_probe
 
@@ -74,6 +75,9 @@ SNAPSHOT_TRACES = 50_000
 RETURN_STEP = 4096
 #: The books are updated when the heap moved this much since the last update (bytes).
 RECORD_STEP = 4096
+#: Growth outside the user's code (IPython running the cell: a few KiB) that makes the next snapshot worth
+#: taking on the sys.monitoring path; less is booked with the lines' growth, at most this much misplaced.
+OUTSIDE_STEP = 64 * 1024
 #: Without the right to reset tracemalloc's peak, ipymem's own snapshots raise it by a few KiB: a heap this
 #: close above the last exact peak still counts as exact.
 PEAK_SLACK = 64 * 1024
@@ -474,7 +478,7 @@ class _LineLedger:
         self._captured_now = False
         self._next_capture = base
         self._attributed: dict[tuple, Any] = {}  # traceback -> group key, across snapshots
-        self._keys: dict[Any, dict[int, Key]] = {}  # code object -> line -> group key (no tuple per event)
+        self._keys: PerCode = PerCode()  # code object -> line -> group key (no tuple per event)
         self.before_groups: Groups = {}
         self.split: dict[tuple, dict[Any, list[int]]] = {}  # unplaced traceback -> {line: [size, count]}
         self.totals: Groups = {}  # unplaced traceback -> [size, count] as last booked
@@ -492,6 +496,11 @@ class _LineLedger:
         self._traced = 0  # traces read by the in-run snapshots so far
         self._last_traces = 0  # traces in the last snapshot
         self._returning = False
+        # Whether library code may have run for a user line since the last snapshot (its blocks name no user
+        # line, so a return's snapshot is what books them).  Only the sys.monitoring watcher tells (it sees
+        # each library call from user code, and sets ``tells_library``); otherwise it is always assumed.
+        self.library_ran = True
+        self.tells_library = False
 
     # -- the hook (sys.settrace), user frames only --------------------------------
     def __call__(self, frame: Any, event: str, arg: Any) -> Any:
@@ -560,9 +569,7 @@ class _LineLedger:
         return self._local
 
     def _key(self, code: Any, lineno: int) -> Key:
-        lines = self._keys.get(code)
-        if lines is None:
-            lines = self._keys[code] = {}
+        lines = self._keys.of(code)
         key = lines.get(lineno)
         if key is None:
             key = lines[lineno] = ((code.co_filename, 0 if self._whole_file else lineno),)
@@ -611,10 +618,17 @@ class _LineLedger:
             self.pending[self.owner] = self.pending.get(self.owner, 0) + delta
             if delta > 0:
                 self._grown += delta
+                if self.owner is OUTSIDE and self.pending[OUTSIDE] > OUTSIDE_STEP:
+                    self.library_ran = True  # IPython's or the interpreter's code allocated: no user line named
         self.heap = now
         self._lo, self._hi = now - RECORD_STEP, now + RECORD_STEP
         self.last_owner = self.owner
         self.owner = new_owner
+        if not self.library_ran and not self.fold:
+            # Only the user's own code ran since the last snapshot: every new block names its line, exactly,
+            # in any later snapshot, and the heap readings give each line's growth for the peak split.
+            # (Grouped by traceback the groups are not lines, and the snapshots are what splits the peak.)
+            return
         returning = self._returning and self._grown > self._return_step
         # The heap rose by MIN_STEP since the last snapshot, even if it came back down (a library copying
         # its inputs and freeing them: the net change hides what the line allocated).
@@ -655,6 +669,7 @@ class _LineLedger:
         self.held = held
         self.pending = {}
         self._grown = 0
+        self.library_ran = not self.tells_library
         self._return_step = RETURN_STEP
         now = _heap_peak()[0]
         if self.owns_peak:
