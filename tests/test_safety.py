@@ -181,6 +181,22 @@ def test_memtrace_watches_lines_with_a_general_purpose_tool_id_or_falls_back_to_
     assert sys.gettrace() is None and [mon.get_tool(i) for i in (3, 4, 5)] == [None, None, None]
 
 
+@pytest.mark.skipif(not HAS_MONITORING, reason="sys.monitoring needs Python 3.12+")
+def test_memtrace_says_so_when_the_measured_code_frees_its_monitoring_tool_id(ip):
+    ip.run_cell(
+        "import sys\ndef rude():\n    for i in (3, 4, 5):\n"
+        "        if sys.monitoring.get_tool(i) == 'ipymem':\n            sys.monitoring.free_tool_id(i)\n"
+        "    return bytearray(2**20)\n"
+    )
+    r = ip.line("memtrace", "-q -o kept = rude()")
+    assert r.outcome == "ok"
+    assert any("freed sys.monitoring tool id" in n for n in r.notes), r.notes
+    assert [sys.monitoring.get_tool(i) for i in (3, 4, 5)] == [None, None, None]
+    assert any(e.source == "return bytearray(2**20)" for e in r.entries)  # its own blocks still name it
+    r = ip.line("memtrace", "-q -o kept = bytearray(2**20)")  # the next run watches again
+    assert not r.notes and r.entries[0].retained_size >= 2**20
+
+
 # -- tracebacks as a user sees them ------------------------------------------------------
 
 BOOM = """\

@@ -123,6 +123,8 @@ class MonitoringWatch:
             filename = getattr(module, "__file__", None)
             # A cell's functions say "__main__", and so may a library wrapper that copied a user
             # function's __module__ (functools.wraps): "may be", the caller's frame decides.
+            if not isinstance(name, str):  # no function below (the stack's bottom, an atexit callback)
+                return False
             return name == "__main__" or not isinstance(filename, str) or is_user(filename)
 
         def on_start(code: Any, offset: int) -> Any:
@@ -170,7 +172,7 @@ class MonitoringWatch:
 
         def back_to_caller() -> None:
             # The innermost user frame below the one leaving, not past ipymem's runner.
-            f = getframe(3)
+            f = getframe(2).f_back  # (the frame leaving is 2: this function, then the callback, are above it)
             while f is not None:
                 name = f.f_code.co_filename
                 if is_ours(name):
@@ -238,8 +240,14 @@ class MonitoringWatch:
             return
         self.tool = None
         self.ledger.tells_library = False  # (library_ran stays: whether the run's end still needs booking)
-        if mon.get_tool(tool) != "ipymem":  # the measured code freed our id (and maybe took it): not ours
+        holder = mon.get_tool(tool)
+        if holder is None:
+            # The measured code freed our id.  Before 3.14 that leaves events and callbacks in place (they
+            # would fire for the rest of the session): take the id back for a moment to remove them.
             self.changed = f"the measured code freed sys.monitoring tool id {tool}"
+            mon.use_tool_id(tool, "ipymem")
+        elif holder != "ipymem":  # freed and taken by someone else: theirs now, not ours to touch
+            self.changed = f"the measured code freed sys.monitoring tool id {tool} and {holder!r} took it"
             return
         try:
             with contextlib.suppress(ValueError):
@@ -250,7 +258,7 @@ class MonitoringWatch:
             replaced = False
             for event, callback in self.callbacks.items():
                 replaced = mon.register_callback(tool, event, None) is not callback or replaced
-            if replaced:
+            if replaced and self.changed is None:
                 self.changed = "the measured code replaced ipymem's sys.monitoring callbacks"
         finally:
             mon.free_tool_id(tool)
