@@ -106,6 +106,19 @@ def test_overlapping_thread_watches_restore_the_hook_in_any_order():
                 threading.setprofile(None)
 
 
+def test_threads_the_kernel_starts_during_a_profile_are_not_the_profiled_codes(ip):
+    """ipykernel 7 starts a ``subshell-…`` thread when the widgets frontend asks for one, which can be
+    during a run: the note on threads started by the profiled code counts only the code's own."""
+    ip.run_cell(
+        "import threading\ndef spawn(name):\n    t = threading.Thread(target=lambda: None, name=name)\n"
+        "    t.start()\n    t.join()\n    return 1\n"
+    )
+    r = ip.line("mprun", "-q -o -f spawn spawn('subshell-1234')")
+    assert not any("threads started" in n for n in r.notes), r.notes
+    r = ip.line("mprun", "-q -o -f spawn spawn('worker')")
+    assert any("(1 started)" in n for n in r.notes), r.notes
+
+
 def test_decorated_calls_in_threads_overlapping_mprun_leave_no_threading_hook(ip):
     """The issue's case: ``@ipymem.profile`` in several threads, a ``%mprun`` overlapping them."""
     import ipymem

@@ -18,6 +18,7 @@ from types import CodeType
 from typing import Any, ClassVar
 
 from .books import _GEN_FLAGS, _Books, _is_suspension
+from .sampler import INFRASTRUCTURE_THREADS
 
 MONITORING = "sys.monitoring"
 SETTRACE = "sys.settrace"
@@ -373,9 +374,15 @@ class _ThreadWatch:
     @staticmethod
     def _hook(frame: Any, event: str, arg: Any) -> Any:
         cls = _ThreadWatch
+        # Called in the new thread, so its name is known: kernel housekeeping (ipykernel 7 starts a
+        # subshell thread when the widgets frontend asks for one, which can happen during a run) and
+        # ipymem's own threads are not the profiled code's.
+        name = threading.current_thread().name
+        housekeeping = name.startswith(INFRASTRUCTURE_THREADS)
         with cls._lock:
-            for watch in cls._active:
-                watch.started += 1
+            if not housekeeping:
+                for watch in cls._active:
+                    watch.started += 1
             old = cls._saved
         sys.setprofile(old)
         return old(frame, event, arg) if old is not None else None
