@@ -53,6 +53,7 @@ def memit(
     Keyword arguments not listed above go to ``func``.  The options mean
     what the ``%memit`` flags mean (``-r``, ``-t``, ``-i``, ``-c``, ``--heap``).
     """
+    __tracebackhide__ = True  # IPython and pytest show the user's frames of a re-raised error, not this one
     name = _name(func)
     result, error = engine.memit(
         lambda: func(*args, **kwargs),
@@ -82,6 +83,7 @@ def mprun(
     ``backend`` is ``"rss"`` or ``"heap"``, as ``%mprun --backend``.  The
     function's return value is not kept: use :func:`profile` for that.
     """
+    __tracebackhide__ = True
     result, error = engine.profile_lines(
         lambda: func(*args, **kwargs),
         list(targets) if targets else [func],
@@ -487,6 +489,7 @@ def memtrace(
     **kwargs: Any,
 ) -> AllocResult:
     """Trace the Python-heap allocations of ``func(*args, **kwargs)`` by line (``%memtrace``'s options)."""
+    __tracebackhide__ = True
     result, error = engine.alloctrace(
         lambda: func(*args, **kwargs),
         top=top,

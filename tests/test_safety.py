@@ -277,6 +277,14 @@ def test_decorator_traceback_has_no_ipymem_frame(ip, capsys):
     assert 'raise ValueError("boom from the user")' in text
 
 
+@pytest.mark.parametrize("call", ["ipymem.memit(boom)", "ipymem.mprun(boom)", "ipymem.memtrace(boom)"])
+def test_plain_api_traceback_has_no_ipymem_frame(ip, capsys, call):
+    ip.run_cell(BOOM + "import ipymem\n")
+    text = _shown_traceback(ip, capsys, call)
+    _assert_clean(text, "ValueError: boom from the user")
+    assert 'raise ValueError("boom from the user")' in text
+
+
 @pytest.mark.parametrize("magic", ["memit", "memtrace", "mprun -f wait"])
 def test_interrupt_traceback_has_no_ipymem_frame(ip, capsys, python_sigint_handler, magic):
     ip.run_cell("import os, signal, time\ndef wait():\n    os.kill(os.getpid(), signal.SIGINT)\n    time.sleep(30)\n")
