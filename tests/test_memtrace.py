@@ -244,6 +244,23 @@ def test_exception_gives_partial_report_restores_state_and_propagates(ip):
     assert not tracemalloc.is_tracing() and sys.gettrace() is None
 
 
+def test_a_second_measurement_and_a_second_run_watch_the_same_code_again(ip):
+    """Each measurement, and each run of -r N, sees the user's code objects start again (a monitoring
+    event disabled by a callback would stay disabled for good: the second %memtrace would be blind)."""
+    ip.ip.run_cell(
+        "import numpy as np\ndef churn():\n    t = bytes(50 * 2**20)\n    del t\n    return 1\n"
+        "def lib_after():\n    x = np.ones(2**20)\n    y = [0] * 10\n    return len(y)\n"
+    )
+    allocating = "t = bytes" if hasattr(sys, "monitoring") else "churn()"
+    for options in ("-o -q", "-o -q", "-o -q -r 2"):
+        r = ip.line("memtrace", f"{options} churn()")
+        line = entry_for(r, allocating)
+        assert abs(line.peak_size - 50 * MiB) < 0.05 * 50 * MiB, (options, str(r))
+        r = ip.line("memtrace", f"{options} lib_after()")
+        line = entry_for(r, "x = np.ones")  # a library allocation inside a function, booked on its line
+        assert abs(line.peak_size - 8 * MiB) < 0.05 * 8 * MiB, (options, str(r))
+
+
 @pytest.mark.usefixtures("python_sigint_handler")
 def test_keyboard_interrupt_shows_partial_result_and_reraises(ip):
     # The traced loop sends SIGINT itself once three buffers are kept, so however slow the machine,

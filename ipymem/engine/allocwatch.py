@@ -132,7 +132,10 @@ class MonitoringWatch:
             user = known(code.co_filename)
             if user is None:
                 user = classify(code.co_filename)
-            if user:  # once per code object (then disabled), in any thread: local events are per code
+            # Once per code object, in any thread (local events are per code), then DISABLE: a disabled
+            # event outlives set_events(0) and free_tool_id, but clearing the code's local events at the
+            # end (__exit__) re-arms it, so the next measurement, or run of -r N, sees the code start again.
+            if user:
                 codes.append(code)
                 set_local(tool_box[0], code, top_events if code.co_name == "<module>" else user_function_events)
                 return DISABLE
