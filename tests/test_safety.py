@@ -4,6 +4,7 @@ monitoring tool ids, and other profilers and debuggers inside and around the mag
 from __future__ import annotations
 
 import re
+import time
 import sys
 import threading
 
@@ -491,3 +492,55 @@ def test_awaited_exception_keeps_its_cause(ip):
         result = ip.run_cell(cell)
         err = result.error_in_exec
         assert isinstance(err, ValueError) and isinstance(err.__cause__, KeyError), cell
+
+
+@pytest.mark.usefixtures("python_sigint_handler")
+def test_ctrl_c_while_awaiting_never_lands_in_another_tasks_step():
+    """While a magic awaits, ipymem turns the kernel's loop, so the main thread also runs the kernel's
+    own tasks.  A Ctrl-C landing in one of their steps would kill that task (asyncio sets the
+    KeyboardInterrupt as its result), and the kernel with it: it must reach the user's awaited code,
+    or ipymem between two turns of the loop, never a bystander.  Here a bystander task is busy in
+    nearly every moment of the loop, as the kernel's can be while messages flow."""
+    import asyncio
+    import signal as signal_module
+    import threading
+
+    from ipymem.shell import run_awaitable
+
+    async def main() -> tuple[object, bool, int]:
+        steps = 0
+
+        async def bystander() -> None:
+            nonlocal steps
+            while True:
+                end = time.perf_counter() + 0.02
+                while time.perf_counter() < end:  # busy: the signal arrives inside this step
+                    pass
+                steps += 1
+                await asyncio.sleep(0)
+
+        keeper = asyncio.ensure_future(bystander())
+        await asyncio.sleep(0)
+        forever = asyncio.Event()
+        main_thread = threading.get_ident()
+        timer = threading.Timer(0.3, lambda: signal_module.pthread_kill(main_thread, signal_module.SIGINT))
+        timer.start()
+        outcome: object = None
+        try:
+            run_awaitable(None, forever.wait())  # synchronous, inside the running loop: as in a kernel
+        except KeyboardInterrupt as exc:
+            outcome = exc
+        timer.join()
+        alive = not keeper.done()
+        before = steps
+        await asyncio.sleep(0.1)
+        keeper.cancel()
+        return outcome, alive, steps - before
+
+    loop = asyncio.new_event_loop()  # (not asyncio.run, whose SIGINT handler cancels the main task instead)
+    try:
+        outcome, alive, later_steps = loop.run_until_complete(main())
+    finally:
+        loop.close()
+    assert isinstance(outcome, KeyboardInterrupt)
+    assert alive and later_steps >= 1  # the bystander was not killed, and goes on after
