@@ -272,6 +272,7 @@ def test_no_process_is_killed_on_exception(ip):
         child.wait()
 
 
+@pytest.mark.usefixtures("python_sigint_handler")  # SIGINT raises even when the tests run as a background job
 def test_keyboard_interrupt_shows_partial_result_and_reraises(ip):
     # The measured statement arms the interrupt itself, so however slow the machine, it lands mid-run.
     ip.user_ns["interrupt_soon"] = lambda: threading.Timer(0.2, os.kill, (os.getpid(), signal.SIGINT)).start()
