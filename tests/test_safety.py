@@ -4,9 +4,9 @@ monitoring tool ids, and other profilers and debuggers inside and around the mag
 from __future__ import annotations
 
 import re
-import time
 import sys
 import threading
+import time
 
 import pytest
 from IPython.core.error import UsageError
