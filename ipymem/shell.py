@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import ast
 import builtins
-import contextlib
 import dataclasses
 import functools
 import getopt
@@ -22,7 +21,6 @@ import keyword
 import os
 import re
 import selectors
-import signal
 import sys
 import textwrap
 import threading
@@ -393,7 +391,9 @@ def _until_done(loop: Any, task: Any, running: bool, grace: float | None = None)
             loop.run_until_complete(asyncio.wait([task], timeout=grace))
         return
     if grace is None:
-        with _interrupts_between_turns(loop, task) as pending:
+        from .engine.interrupts import interrupts_between_turns
+
+        with interrupts_between_turns(loop, task) as pending:
             while not task.done():
                 loop._run_once()
                 if pending.hit:
@@ -406,54 +406,6 @@ def _until_done(loop: Any, task: Any, running: bool, grace: float | None = None)
             loop._run_once()
     finally:
         wake.cancel()
-
-
-class _Pending:
-    hit = False
-    count = 0
-
-
-@contextlib.contextmanager
-def _interrupts_between_turns(loop: Any, task: Any) -> Any:
-    """While ipymem turns the kernel's loop, Ctrl-C reaches the user's task or ipymem, never a bystander.
-
-    The loop also runs the kernel's own tasks and callbacks (messages, comms, output), in this thread.
-    A KeyboardInterrupt raised in one of their steps would end that task (asyncio sets it as the task's
-    exception) and leave the kernel unable to answer, so the magic's cell would never reply.  So:
-    SIGINT while the user's task is stepping raises there, as a plain cell's Ctrl-C would; anywhere
-    else (the loop idle in ``select()``, another task's step, a callback) it is noted, the loop is woken,
-    and the KeyboardInterrupt is raised here between two turns.  A second Ctrl-C before that turn ends
-    raises at once, wherever it lands (a step that never yields must stay interruptible).
-    """
-    import asyncio
-
-    pending = _Pending()
-    if threading.current_thread() is not threading.main_thread():
-        yield pending
-        return
-    try:
-        previous = signal.getsignal(signal.SIGINT)
-    except (ValueError, OSError):  # pragma: no cover - exotic embeddings
-        yield pending
-        return
-    if previous is not signal.default_int_handler:  # someone else's handler: theirs to decide
-        yield pending
-        return
-    wake = getattr(loop, "_write_to_self", None)
-
-    def on_sigint(signum: int, frame: Any) -> None:
-        pending.count += 1
-        if pending.count > 1 or asyncio.tasks.current_task(loop) is task:
-            raise KeyboardInterrupt
-        pending.hit = True
-        if wake is not None:
-            wake()  # select() returns now: the turn ends and the interrupt is raised
-
-    signal.signal(signal.SIGINT, on_sigint)
-    try:
-        yield pending
-    finally:
-        signal.signal(signal.SIGINT, previous)
 
 
 @functools.lru_cache(maxsize=1)

@@ -5,7 +5,8 @@ user's code that is what the user wants; inside ipymem's setup or teardown
 (starting a thread, restoring tracemalloc or a trace function) it could
 leave the session half-restored.  :func:`deferred_interrupts` holds SIGINT
 for the few microseconds of such a section and replays it afterwards, so an
-interrupt is never lost and never lands mid-restore.
+interrupt is never lost and never lands mid-restore.  :func:`interrupts_between_turns`
+does the same for the kernel's tasks while a magic turns the kernel's loop.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import signal
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
+from typing import Any
 
 
 class Deferred:
@@ -48,5 +50,56 @@ def deferred_interrupts() -> Iterator[Deferred]:
     signal.signal(signal.SIGINT, hold)
     try:
         yield state
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
+class Pending:
+    """Whether a Ctrl-C is waiting for the loop's turn to end (``hit``), and how many came."""
+
+    hit = False
+    count = 0
+
+
+@contextmanager
+def interrupts_between_turns(loop: Any, task: Any) -> Iterator[Pending]:
+    """While ipymem turns the kernel's loop, Ctrl-C reaches the user's task or ipymem, never a bystander.
+
+    The loop also runs the kernel's own tasks and callbacks (messages, comms, output), in this thread.
+    A KeyboardInterrupt raised in one of their steps would end that task (asyncio sets it as the task's
+    exception) and leave the kernel unable to answer, so the magic's cell would never reply.  So:
+    SIGINT while the user's task is stepping raises there, as a plain cell's Ctrl-C would; anywhere
+    else (the loop idle in ``select()``, another task's step, a callback) it is noted (``pending.hit``)
+    and the loop is woken, and the caller, which turns the loop, raises it between two turns.  A second
+    Ctrl-C before that turn ends raises at once, wherever it lands (a step that never yields must stay
+    interruptible).
+    """
+    import asyncio
+
+    pending = Pending()
+    if threading.current_thread() is not threading.main_thread():
+        yield pending
+        return
+    try:
+        previous = signal.getsignal(signal.SIGINT)
+    except (ValueError, OSError):  # pragma: no cover - exotic embeddings
+        yield pending
+        return
+    if previous is not signal.default_int_handler:  # someone else's handler: theirs to decide
+        yield pending
+        return
+    wake = getattr(loop, "_write_to_self", None)
+
+    def on_sigint(signum: int, frame: Any) -> None:
+        pending.count += 1
+        if pending.count > 1 or asyncio.tasks.current_task(loop) is task:
+            raise KeyboardInterrupt
+        pending.hit = True
+        if wake is not None:
+            wake()  # select() returns now: the turn ends and the interrupt is raised
+
+    signal.signal(signal.SIGINT, on_sigint)
+    try:
+        yield pending
     finally:
         signal.signal(signal.SIGINT, previous)
