@@ -462,6 +462,17 @@ def test_profiled_code_that_frees_the_monitoring_tool_is_reported():
     result, error = ipymem.engine.profile_lines(frees, [frees], tracer="monitoring")
     assert error is None
     assert any("freed sys.monitoring tool id" in n for n in result.notes), result.notes
+    # Nothing of ipymem's is left on the id (before 3.14 freeing keeps events and callbacks firing)
+    for tool in (3, 4, 5):
+        assert mon.get_tool(tool) is None
+        mon.use_tool_id(tool, "probe")
+        try:
+            assert mon.get_events(tool) == 0 and mon.get_local_events(tool, frees.__code__) == 0
+            assert all(
+                mon.register_callback(tool, event, None) is None for event in (mon.events.LINE, mon.events.PY_START)
+            )
+        finally:
+            mon.free_tool_id(tool)
 
 
 def test_mprun_chart_states_the_profiled_codes_exact_peak(ip):

@@ -39,12 +39,11 @@ ignored (the settrace hook only ever sees the thread that set it).
 
 from __future__ import annotations
 
-import contextlib
 import sys
 import threading
 from typing import Any
 
-from .tracers import _claim_tool_id, _free_tool_id
+from .tracers import _claim_tool_id, _free_tool_id, release_tool_id
 
 
 class PerCode:
@@ -89,6 +88,7 @@ class MonitoringWatch:
         self.tool: int | None = None
         self.codes: list[Any] = []  # user code objects given local events
         self.callbacks: dict[int, Any] = {}
+        self.registered: dict[int, Any] = {}  # the callbacks registered so far
         #: what the measured code did to the watcher, for the report (None: nothing)
         self.changed: str | None = None
 
@@ -230,6 +230,7 @@ class MonitoringWatch:
         try:
             for event, callback in self.callbacks.items():
                 mon.register_callback(tool, event, callback)
+                self.registered[event] = callback
             mon.set_events(tool, ev.PY_START | ev.PY_RESUME | ev.PY_UNWIND)
         except BaseException:
             self.__exit__()
@@ -237,31 +238,12 @@ class MonitoringWatch:
         return self
 
     def __exit__(self, *exc: object) -> None:
-        mon = sys.monitoring
         tool = self.tool
         if tool is None:
             return
         self.tool = None
         self.ledger.tells_library = False  # (library_ran stays: whether the run's end still needs booking)
-        holder = mon.get_tool(tool)
-        if holder is None:
-            # The measured code freed our id.  Before 3.14 that leaves events and callbacks in place (they
-            # would fire for the rest of the session): take the id back for a moment to remove them.
-            self.changed = f"the measured code freed sys.monitoring tool id {tool}"
-            mon.use_tool_id(tool, "ipymem")
-        elif holder != "ipymem":  # freed and taken by someone else: theirs now, not ours to touch
-            self.changed = f"the measured code freed sys.monitoring tool id {tool} and {holder!r} took it"
-            return
-        try:
-            with contextlib.suppress(ValueError):
-                mon.set_events(tool, 0)
-            for code in self.codes:
-                with contextlib.suppress(ValueError):
-                    mon.set_local_events(tool, code, 0)
-            replaced = False
-            for event, callback in self.callbacks.items():
-                replaced = mon.register_callback(tool, event, None) is not callback or replaced
-            if replaced and self.changed is None:
-                self.changed = "the measured code replaced ipymem's sys.monitoring callbacks"
-        finally:
-            mon.free_tool_id(tool)
+        what = release_tool_id(tool, self.codes, self.registered)
+        self.registered = {}
+        if what is not None:
+            self.changed = f"the measured code {what}"

@@ -301,27 +301,43 @@ class _MonitoringTracer:
         return self
 
     def __exit__(self, *exc: object) -> None:
-        mon = sys.monitoring
-        tool = self.tool
-        if mon.get_tool(tool) != "ipymem":  # the profiled code freed our id (and maybe took it): not ours to free
-            self.changed = _stopped_at(self.books, f"the profiled code freed sys.monitoring tool id {tool}")
-            self.registered.clear()
-            return
-        try:
+        registered = {event: self.callbacks[event] for event in self.registered}
+        self.registered.clear()
+        what = release_tool_id(self.tool, self.books.stats, registered)
+        if what is not None:
+            self.changed = _stopped_at(self.books, f"the profiled code {what}")
+
+
+def release_tool_id(tool: int, codes: Any, callbacks: dict[int, Any]) -> str | None:
+    """Remove ipymem's events (global, and local on ``codes``) and ``callbacks`` from ``tool``, and free it.
+
+    Returns what the measured code did to the tool meanwhile (``None``: nothing), for the report.  If it
+    freed the id, ipymem takes it back for a moment: before 3.14 freeing leaves events and callbacks in
+    place, and they would fire for the rest of the session (seen in atexit callbacks).  If someone else
+    has taken it since, it is theirs: nothing is touched.
+    """
+    mon = sys.monitoring
+    what = None
+    holder = mon.get_tool(tool)
+    if holder is None:
+        what = f"freed sys.monitoring tool id {tool}"
+        mon.use_tool_id(tool, "ipymem")
+    elif holder != "ipymem":
+        return f"freed sys.monitoring tool id {tool} and {holder!r} took it"
+    try:
+        with contextlib.suppress(ValueError):
+            mon.set_events(tool, 0)
+        for code in codes:
             with contextlib.suppress(ValueError):
-                mon.set_events(tool, 0)
-            for code in self.books.stats:
-                with contextlib.suppress(ValueError):
-                    mon.set_local_events(tool, code, 0)
-            replaced = False
-            for event in self.registered:
-                previous = mon.register_callback(tool, event, None)
-                replaced = replaced or previous is not self.callbacks.get(event)
-            self.registered.clear()
-            if replaced:
-                self.changed = _stopped_at(self.books, "the profiled code replaced ipymem's sys.monitoring callbacks")
-        finally:
-            mon.free_tool_id(tool)
+                mon.set_local_events(tool, code, 0)
+        replaced = False
+        for event, callback in callbacks.items():
+            replaced = mon.register_callback(tool, event, None) is not callback or replaced
+        if replaced and what is None:
+            what = "replaced ipymem's sys.monitoring callbacks"
+    finally:
+        mon.free_tool_id(tool)
+    return what
 
 
 class _SigintGuard:
