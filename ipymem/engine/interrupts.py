@@ -24,6 +24,18 @@ class Deferred:
     received = False
 
 
+def _python_handler_here() -> bool:
+    """Whether ipymem may swap SIGINT's handler here: on the main thread (the only place a handler can be
+    installed), and only Python's default one (someone else's, a debugger's or a test runner's, is left
+    alone)."""
+    if threading.current_thread() is not threading.main_thread():
+        return False
+    try:
+        return signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    except (ValueError, OSError):  # pragma: no cover - exotic embeddings
+        return False
+
+
 @contextmanager
 def deferred_interrupts() -> Iterator[Deferred]:
     """Defer SIGINT within the block; the caller decides what to do with ``state.received``.
@@ -32,16 +44,8 @@ def deferred_interrupts() -> Iterator[Deferred]:
     (the only place a handler can be installed); elsewhere this is a no-op.
     """
     state = Deferred()
-    if threading.current_thread() is not threading.main_thread():
+    if not _python_handler_here():
         yield state
-        return
-    try:
-        previous = signal.getsignal(signal.SIGINT)
-    except (ValueError, OSError):  # pragma: no cover - exotic embeddings
-        yield state
-        return
-    if previous is not signal.default_int_handler:
-        yield state  # someone else's handler (a debugger, a test runner): leave it alone
         return
 
     def hold(signum: int, frame: object) -> None:
@@ -51,7 +55,7 @@ def deferred_interrupts() -> Iterator[Deferred]:
     try:
         yield state
     finally:
-        signal.signal(signal.SIGINT, previous)
+        signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 class Pending:
@@ -77,15 +81,7 @@ def interrupts_between_turns(loop: Any, task: Any) -> Iterator[Pending]:
     import asyncio
 
     pending = Pending()
-    if threading.current_thread() is not threading.main_thread():
-        yield pending
-        return
-    try:
-        previous = signal.getsignal(signal.SIGINT)
-    except (ValueError, OSError):  # pragma: no cover - exotic embeddings
-        yield pending
-        return
-    if previous is not signal.default_int_handler:  # someone else's handler: theirs to decide
+    if not _python_handler_here():
         yield pending
         return
     wake = getattr(loop, "_write_to_self", None)
@@ -102,4 +98,4 @@ def interrupts_between_turns(loop: Any, task: Any) -> Iterator[Pending]:
     try:
         yield pending
     finally:
-        signal.signal(signal.SIGINT, previous)
+        signal.signal(signal.SIGINT, signal.default_int_handler)
