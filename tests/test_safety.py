@@ -3,6 +3,7 @@ monitoring tool ids, and other profilers and debuggers inside and around the mag
 
 from __future__ import annotations
 
+import contextlib
 import re
 import sys
 import threading
@@ -145,25 +146,32 @@ def test_decorated_calls_in_threads_overlapping_mprun_leave_no_threading_hook(ip
     assert _hook() is None
 
 
-@pytest.mark.skipif(not HAS_MONITORING, reason="sys.monitoring needs Python 3.12+")
-def test_mprun_takes_a_general_purpose_tool_id_and_never_a_standard_ones(ip):
+@contextlib.contextmanager
+def _general_tool_ids_taken():
+    """Monitoring tool ids 3, 4 and 5 held by another tool (those that were free), as if several ran."""
     mon = sys.monitoring
-    ip.run_cell("import sys\ndef f():\n    global seen\n    seen = [sys.monitoring.get_tool(i) for i in range(6)]\n")
-    ip.line("mprun", "-q -f f f()")
-    assert ip.user_ns["seen"] == [None, None, None, "ipymem", None, None]
     taken = []
     try:
         for i in (3, 4, 5):
             if mon.get_tool(i) is None:
                 mon.use_tool_id(i, "someone")
                 taken.append(i)
+        yield
+    finally:
+        for i in taken:
+            mon.free_tool_id(i)
+
+
+@pytest.mark.skipif(not HAS_MONITORING, reason="sys.monitoring needs Python 3.12+")
+def test_mprun_takes_a_general_purpose_tool_id_and_never_a_standard_ones(ip):
+    ip.run_cell("import sys\ndef f():\n    global seen\n    seen = [sys.monitoring.get_tool(i) for i in range(6)]\n")
+    ip.line("mprun", "-q -f f f()")
+    assert ip.user_ns["seen"] == [None, None, None, "ipymem", None, None]
+    with _general_tool_ids_taken():
         r = ip.line("mprun", "-q -o -f f f()")
         assert ip.user_ns["seen"][:3] == [None, None, None]  # debugger, coverage, profiler ids left free
         assert r.params.tracer == "sys.settrace"
         assert any("fell back to sys.settrace" in n for n in r.notes)
-    finally:
-        for i in taken:
-            mon.free_tool_id(i)
 
 
 @pytest.mark.skipif(not HAS_MONITORING, reason="sys.monitoring needs Python 3.12+")
@@ -178,20 +186,12 @@ def test_memtrace_watches_lines_with_a_general_purpose_tool_id_or_falls_back_to_
     assert ip.user_ns["seen"] == [None, None, None, "ipymem", None, None] and ip.user_ns["tracer"] is None
     held = [e for e in r.entries if e.source == "return np.ones(2**20)"]
     assert held and held[0].retained_size >= 8 * 2**20  # np.ones is Python code in numpy: booked on the line
-    taken = []
-    try:
-        for i in (3, 4, 5):
-            if mon.get_tool(i) is None:
-                mon.use_tool_id(i, "someone")
-                taken.append(i)
+    with _general_tool_ids_taken():
         r = ip.line("memtrace", "-q -o a = f()")
         assert ip.user_ns["seen"][:3] == [None, None, None]  # debugger, coverage, profiler ids left free
         assert ip.user_ns["tracer"] is not None  # no id free: the sys.settrace watcher, with the same books
         held = [e for e in r.entries if e.source == "return np.ones(2**20)"]
         assert held and held[0].retained_size >= 8 * 2**20
-    finally:
-        for i in taken:
-            mon.free_tool_id(i)
     assert sys.gettrace() is None and [mon.get_tool(i) for i in (3, 4, 5)] == [None, None, None]
 
 
