@@ -291,12 +291,7 @@ def aggregate(
         if key is None:
             unplaced[frames] = [size, count]
             continue
-        acc = groups.get(key)
-        if acc is None:
-            groups[key] = [size, count]
-        else:
-            acc[0] += size
-            acc[1] += count
+        _add(groups, key, size, count)
     return groups, unplaced
 
 
@@ -322,6 +317,16 @@ def _shares(total: int, weights: Mapping[Any, int]) -> dict[Any, int]:
         biggest = max(weights, key=weights.__getitem__)
         out[biggest] += rest
     return out
+
+
+def _add(groups: dict[Any, list[int]], key: Any, size: int, count: int) -> None:
+    """``size`` bytes in ``count`` blocks more for ``key`` (a new ``[size, count]`` if it has none yet)."""
+    acc = groups.get(key)
+    if acc is None:
+        groups[key] = [size, count]
+    else:
+        acc[0] += size
+        acc[1] += count
 
 
 def _give(holders: dict[Any, list[int]], i: int, amount: int, weights: Mapping[Any, int]) -> None:
@@ -660,12 +665,7 @@ class _LineLedger:
             for key, v in tb_split.items():
                 if key is _BEFORE:
                     continue
-                acc = held.get(key)
-                if acc is None:
-                    held[key] = [v[0], v[1]]
-                else:
-                    acc[0] += v[0]
-                    acc[1] += v[1]
+                _add(held, key, v[0], v[1])
         self.held = held
         self.pending = {}
         self._grown = 0
@@ -709,12 +709,7 @@ class _LineLedger:
                 size += _take_back(holders, -count, max(-size, 0))
                 count = 0
             if count > 0 and single is not None:  # the usual case: one line grew since the last snapshot
-                acc = holders.get(single)
-                if acc is None:
-                    holders[single] = [size, count]
-                else:
-                    acc[0] += size
-                    acc[1] += count
+                _add(holders, single, size, count)
             elif count > 0:  # new blocks, with their bytes, to the lines that grew
                 blocks = {k: n for k, n in _shares(count, growth).items() if n}
                 _give(holders, 1, count, blocks)
