@@ -122,12 +122,19 @@ def _any_libc() -> ctypes.CDLL | None:
     return None
 
 
-def smaps_rollup(path: str = "/proc/self/smaps_rollup") -> dict[str, int] | None:
-    """``/proc/self/smaps_rollup`` in bytes (``Rss``, ``Anonymous``, ...), or ``None`` where it is missing."""
+def _read_text(path: str) -> str | None:
+    """A ``/proc`` file's text, or ``None`` where it is missing or unreadable."""
     try:
         with open(path, "rb") as f:
-            text = f.read().decode("ascii", "replace")
+            return f.read().decode("ascii", "replace")
     except OSError:
+        return None
+
+
+def smaps_rollup(path: str = "/proc/self/smaps_rollup") -> dict[str, int] | None:
+    """``/proc/self/smaps_rollup`` in bytes (``Rss``, ``Anonymous``, ...), or ``None`` where it is missing."""
+    text = _read_text(path)
+    if text is None:
         return None
     out = {}
     for m in re.finditer(r"^(\w+):\s+(\d+) kB", text, re.M):
@@ -137,10 +144,8 @@ def smaps_rollup(path: str = "/proc/self/smaps_rollup") -> dict[str, int] | None
 
 def main_heap(path: str = "/proc/self/smaps") -> tuple[int, int] | None:
     """``(Size, Rss)`` of the ``[heap]`` mapping (glibc's main arena), or ``None``."""
-    try:
-        with open(path, "rb") as f:
-            text = f.read().decode("ascii", "replace")
-    except OSError:
+    text = _read_text(path)
+    if text is None:
         return None
     start = text.find("[heap]\n")
     if start < 0:
