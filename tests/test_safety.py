@@ -196,6 +196,24 @@ def test_memtrace_watches_lines_with_a_general_purpose_tool_id_or_falls_back_to_
 
 
 @pytest.mark.skipif(not HAS_MONITORING, reason="sys.monitoring needs Python 3.12+")
+def test_memtrace_whose_tool_id_was_taken_at_the_last_moment_watches_with_settrace(ip, monkeypatch):
+    """The ids can be claimed between ipymem looking for a free one and taking it (another thread):
+    that is no exception of the user's code, and the settrace watcher keeps the books."""
+    from ipymem.engine import allocwatch
+
+    def taken(preferred):
+        raise RuntimeError("no free sys.monitoring tool id (ipymem uses 3, 4 or 5)")
+
+    monkeypatch.setattr(allocwatch, "_claim_tool_id", taken)
+    ip.run_cell("import numpy as np\ndef f():\n    return np.ones(2**20)\n")
+    r = ip.line("memtrace", "-q -o a = f()")
+    assert r.outcome == "ok", r.error
+    held = [e for e in r.entries if e.source == "return np.ones(2**20)"]
+    assert held and held[0].retained_size >= 8 * 2**20
+    assert sys.gettrace() is None
+
+
+@pytest.mark.skipif(not HAS_MONITORING, reason="sys.monitoring needs Python 3.12+")
 def test_memtrace_says_so_when_the_measured_code_frees_its_monitoring_tool_id(ip):
     ip.run_cell(
         "import sys\ndef rude():\n    for i in (3, 4, 5):\n"

@@ -965,20 +965,28 @@ def _one_run(
 ) -> tuple[BaseException | None, str | None]:
     """Run ``func`` once under the ledger's watcher: ``(the exception it raised, what it did to the watcher)``."""
     __tracebackhide__ = True  # keep user tracebacks clean (IPython and pytest honour it)
+    if monitored:
+        watch = allocwatch.MonitoringWatch(ledger)
+        try:
+            watch.__enter__()  # outside the try below: a failure here is ipymem's, not the user's exception
+        except RuntimeError:  # every tool id ipymem may take was claimed since available() looked
+            if sys.gettrace() is not None:
+                ledger = None  # and a trace function is set: not ours to replace, so nothing watches this run
+        else:
+            error = None
+            try:
+                func()
+            except BaseException as exc:
+                error = exc
+            finally:
+                watch.__exit__()
+            return error, _watch_note(watch.changed)
     if ledger is None:
         try:
             func()
         except BaseException as exc:
             return exc, None
         return None, None
-    if monitored:
-        watch = allocwatch.MonitoringWatch(ledger)
-        try:
-            with watch:
-                func()
-        except BaseException as exc:
-            return exc, _watch_note(watch.changed)
-        return None, _watch_note(watch.changed)
     sys.settrace(ledger)
     try:
         func()
