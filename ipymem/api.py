@@ -534,6 +534,59 @@ def memwho(
     return result
 
 
+@contextlib.contextmanager
+def guard(
+    stop: float | int | str | None = None,
+    warn: float | int | str | None = 0.80,
+    *,
+    interval: float = 0.1,
+    hard: bool = False,
+    on_warn: Callable[[str], None] | None = None,
+) -> Any:
+    """Stop the code of the ``with`` block before the memory limit kills the process (``%memguard``).
+
+    >>> with guard(stop="90%"):                       # doctest: +SKIP
+    ...     chunks = [bytearray(2**23) for _ in range(10**6)]
+    Traceback (most recent call last):
+    ipymem.MemoryLimitError: ipymem memory guard stopped the code: 922 MiB of the 1.00 GiB container limit ...
+
+    ``stop`` / ``warn``: a fraction of the binding limit (``0.95``, ``"95%"``)
+    or a size (``"900M"``, or bytes as an int above 1); the default stop is
+    95% of the limit or 128 MiB below it, the lower.  The block's code,
+    in the calling thread, gets :class:`~ipymem.MemoryLimitError` at the stop
+    level; ``on_warn(message)`` is called once at the warning level (default:
+    print to stderr).  Yields the guard (``.source`` is the binding limit,
+    ``.watch`` what it saw); the thread and any hard limit are gone after
+    the block.
+    """
+    from .engine.limits.guard import DEFAULT_STOP, Guard, Level, parse_level
+    from .render.limits import warn_text
+
+    def level(value: float | int | str) -> Level:
+        if isinstance(value, str):
+            return parse_level(value)
+        if isinstance(value, float) and 0 < value <= 1:
+            return Level(fraction=value)
+        if isinstance(value, int) and value > 1:
+            return Level(size=value)
+        raise ValueError(f"expected a fraction of the limit (0.95), a percentage ('95%') or a size, got {value!r}")
+
+    say = on_warn or (lambda text: print(text, file=sys.stderr))
+    g = Guard(
+        stop=DEFAULT_STOP if stop is None else level(stop),
+        warn=None if warn is None else level(warn),
+        interval=interval,
+        hard=hard,
+    )
+    g.on_warn = lambda watch: say(warn_text(g, watch))
+    g.start()
+    try:
+        g.arm(label="the with block", anchor=sys._getframe(2))  # the caller's frame (below contextmanager's)
+        yield g
+    finally:
+        g.close()
+
+
 def _name(func: Callable[..., Any]) -> str:
     return getattr(func, "__qualname__", None) or repr(func)
 

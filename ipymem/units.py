@@ -42,6 +42,13 @@ def fmt_number(nbytes: int | float | None, precision: int = 2, unit: str = "MiB"
     return text.rsplit(" ", 1)[0] if text else ""
 
 
+def glance(nbytes: int) -> str:
+    """``612 MiB`` below a GiB, ``1.00 GiB`` above: a memory figure against a limit, read at a glance."""
+    if abs(nbytes) >= 1 << 30:
+        return f"{nbytes / 2**30:,.2f} GiB"
+    return f"{nbytes / 2**20:,.0f} MiB"
+
+
 def fmt_seconds(seconds: float | None) -> str:
     """Human duration with three significant figures: ``'12.3 ms'``, ``'4.56 s'``."""
     if seconds is None:

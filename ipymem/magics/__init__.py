@@ -18,17 +18,17 @@ from IPython.core.error import UsageError
 from IPython.core.magic import Magics, line_cell_magic, line_magic, magics_class, no_var_expand
 from traitlets import Bool, Float, observe
 
-from . import engine
-from .engine import cluster as cluster_engine
-from .engine.codes import nested_functions, stand_in
-from .engine.interrupts import Deferred, deferred_interrupts
-from .engine.linetrace import code_of, profile_lines
-from .files import writable_file
-from .live import MemWatch, live_view
-from .models import AllocResult, MemitResult, MemwhoResult, MprunResult
-from .render import alloc_html, alloc_text, memit_html, memit_text, memwho_html, memwho_text, mprun_html, mprun_text
-from .render.chart import alloc_peak, alloc_title, memit_peak, memit_title, mprun_peak, mprun_title
-from .shell import (
+from .. import engine
+from ..engine import cluster as cluster_engine
+from ..engine.codes import nested_functions, stand_in
+from ..engine.interrupts import Deferred, deferred_interrupts
+from ..engine.linetrace import code_of, profile_lines
+from ..files import writable_file
+from ..live import MemWatch, live_view
+from ..models import AllocResult, MemitResult, MemwhoResult, MprunResult
+from ..render import alloc_html, alloc_text, memit_html, memit_text, memwho_html, memwho_text, mprun_html, mprun_text
+from ..render.chart import alloc_peak, alloc_title, memit_peak, memit_title, mprun_peak, mprun_title
+from ..shell import (
     Opt,
     ProgressLine,
     call_engine,
