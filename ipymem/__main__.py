@@ -13,6 +13,10 @@ exact peak (the kernel's high-water mark where there is one), prints them,
 and draws the chart of a result's ``plot()`` with the peak marked.  There
 ``profile`` marks each call of a decorated function on the chart instead.
 
+``--guard [--stop LEVEL]`` runs either under :func:`ipymem.guard`: the
+script gets ``ipymem.MemoryLimitError`` at the stop level instead of being
+killed by the container's OOM killer, and its reports are still printed.
+
 The script sees ``sys.argv`` as ``[script.py, args...]`` and its own
 directory first on ``sys.path``; its exit code and exception are the
 process's, with the reports printed first.
@@ -35,7 +39,8 @@ from . import api
 from .files import writable_file
 
 USAGE = (
-    "python -m ipymem [--backend B] [--precision N] [-o FILE] [--timeline [--plot FILE.png] [-c]] script.py [args...]"
+    "python -m ipymem [--backend B] [--precision N] [-o FILE] [--timeline [--plot FILE.png] [-c]]"
+    " [--guard [--stop LEVEL]] script.py [args...]"
 )
 
 
@@ -60,6 +65,13 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--interval", type=float, default=0.01, help="with --timeline: sampling interval in seconds (default 0.01)"
     )
+    p.add_argument(
+        "--guard",
+        action="store_true",
+        help="stop the script with ipymem.MemoryLimitError before the memory limit (cgroup, MEM_LIMIT, host) "
+        "kills it (see %%memguard)",
+    )
+    p.add_argument("--stop", metavar="LEVEL", help="with --guard: the stop level, e.g. 90%% or 7.5G (default 95%%)")
     p.add_argument("script", help="the Python script to run")
     p.add_argument("args", nargs=argparse.REMAINDER, help="its arguments")
     return p
@@ -311,13 +323,23 @@ def main(argv: Sequence[str] | None = None) -> int:
                     writable_file(path)
                 except ValueError as exc:
                     raise ValueError(f"{flag}: {exc}") from None
+        if options.stop is not None:
+            if not options.guard:
+                raise ValueError("--stop needs --guard")
+            from .engine.limits.guard import parse_level
+
+            parse_level(options.stop)
         if (options.plot or options.include_children) and not options.timeline:
             if options.include_children:
                 raise ValueError("-c needs --timeline (line profiles count this process only)")
             options.timeline = True  # --plot implies the timeline
     except ValueError as exc:
         parser.error(str(exc))
-    return _timeline(options) if options.timeline else _lines(options)
+    run = _timeline if options.timeline else _lines
+    if not options.guard:
+        return run(options)
+    with api.guard(stop=options.stop):  # the script's MemoryLimitError is its error, reported like any other
+        return run(options)
 
 
 if __name__ == "__main__":

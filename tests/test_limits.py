@@ -169,3 +169,51 @@ def test_this_machine_has_a_binding_limit():
     used = meter.working_set()
     meter.close()
     assert used is not None and 0 < used <= binding.limit
+
+
+def test_memit_reports_usage_against_mem_limit(ip, monkeypatch):
+    monkeypatch.setenv("MEM_LIMIT", "1G")
+    monkeypatch.setattr("ipymem.engine.limits.cgroups.own_cgroup", lambda root="/": None)
+    r = ip.run_line_magic("memit", "-o bytearray(50 * 2**20)")
+    use = r.limit
+    assert use.source.kind == "MEM_LIMIT" and use.source.limit == GiB
+    assert use.usage_peak >= use.usage_start + 49 * MiB  # at least this process's own exact rise
+    assert r.to_dict()["limit"]["limit"] == GiB
+    text = ip.texts()[-1]
+    assert "limit: at least" in text and "of the 1.00 GiB MEM_LIMIT" in text and "RSS against MEM_LIMIT" in text
+    assert "MEM_LIMIT" in ip.htmls()[-1]
+
+
+def test_host_limit_is_not_shown_for_a_small_run(ip, monkeypatch):
+    monkeypatch.delenv("MEM_LIMIT", raising=False)
+    monkeypatch.setattr("ipymem.engine.limits.cgroups.own_cgroup", lambda root="/": None)
+    r = ip.run_line_magic("memit", "-o -q pass")
+    assert r.limit is not None and r.limit.source.kind == "host" and not r.limit.shown
+
+
+def test_script_runner_guard_stops_the_script_and_reports(tmp_path):
+    """python -m ipymem --guard: against MEM_LIMIT (this process's RSS), a real allocation loop is stopped."""
+    import subprocess
+    import sys
+
+    script = tmp_path / "grow.py"
+    script.write_text("chunks = []\nwhile True:\n    chunks.append(bytearray(8 * 2**20))\n")
+    env = dict(os.environ, MEM_LIMIT=str(600 * MiB), PYTHONPATH=str(Path(__file__).resolve().parents[1]))
+    out = subprocess.run(
+        [sys.executable, "-m", "ipymem", "--guard", "--stop", "50%", str(script)],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=120,
+    )
+    assert out.returncode == 1, out.stderr
+    assert "ipymem.MemoryLimitError" in out.stderr and "of the 600 MiB MEM_LIMIT" in out.stderr
+    assert "grow.py:3" in out.stderr
+    bad = subprocess.run(
+        [sys.executable, "-m", "ipymem", "--guard", "--stop", "150%", str(script)],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=60,
+    )
+    assert bad.returncode == 2 and "usage:" in bad.stderr  # a bad level runs nothing

@@ -20,8 +20,10 @@ from typing import Any
 
 from ..engine import cluster as cluster_engine
 from ..engine import peaks
+from ..engine.limits.cgroups import LimitWindow
 from ..engine.probes import shared_probe
 from ..engine.rssparts import allocator_free, retained_hint
+from ..render.limits import against_limit
 
 MiB = 1024 * 1024
 
@@ -46,6 +48,7 @@ class MemWatch:
         self._window: peaks.Window | None = None
         self._free: int | None = None  # allocator-free bytes at the cell's start, for the retained-RSS hint
         self.lines: list[str] = []
+        self._limit: LimitWindow | None = None  # the container's usage against its limit, around the running cell
         self.cluster: Any = None  # the Dask workers' measurement of the running cell, when a client is active
 
     def on(self) -> None:
@@ -113,6 +116,7 @@ class MemWatch:
             self.cluster = cluster_engine.start(client, clock=clock)
             if self.view is not None:
                 self.view.cluster = self.cluster
+        self._limit = LimitWindow(self.probe.rss)
         baseline = self.probe.rss()
         self._window = peaks.rss_peaks.open()  # shared with any magic the cell runs: each keeps its peak
         self._start = (baseline, time.perf_counter())
@@ -137,6 +141,10 @@ class MemWatch:
             hint = retained_hint(now - baseline, (allocator_free() or 0) - self._free)
             line += f" ({hint})" if hint else ""
         line += self._cluster_line()
+        limit, self._limit = self._limit, None
+        use = limit.finish(peak - baseline) if limit is not None else None
+        if use is not None and use.shown:
+            line += f" · limit: {'' if use.peak_exact else 'at least '}{against_limit(use.usage_peak, use.source)}"
         self.lines.append(line)
         del self.lines[:-100]
         html = (  # the theme's secondary text colour, inherited where the frontend has no JupyterLab variables

@@ -22,6 +22,7 @@ from .. import engine
 from ..engine import cluster as cluster_engine
 from ..engine.codes import nested_functions, stand_in
 from ..engine.interrupts import Deferred, deferred_interrupts
+from ..engine.limits.cgroups import LimitWindow
 from ..engine.linetrace import code_of, profile_lines
 from ..files import writable_file
 from ..live import MemWatch, live_view
@@ -312,6 +313,7 @@ class MemoryMagics(Magics):
             sampler=sampler,
         )
         client = self._cluster_client(args)
+        window = LimitWindow(engine.shared_probe().rss)
         with _measuring_cluster(client, sampler) as cluster, self._live("%memit", args, sampler=sampler) as view:
             if cluster.handle is not None:
                 view.cluster = cluster.handle  # the live chart shows the workers too
@@ -320,6 +322,7 @@ class MemoryMagics(Magics):
                 view.note(result.outcome)
             view.conclude(memit_title(result), memit_peak(result))  # the final chart states the table's peak
         result = cluster.into(result)
+        result = dataclasses.replace(result, limit=window.finish(result.peak - result.baseline if result.runs else 0))
         if cluster.received and error is None:
             error = KeyboardInterrupt()
         return self._finish(result, error, args, memit_text, memit_html)

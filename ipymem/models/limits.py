@@ -53,6 +53,11 @@ class LimitUse:
     peak_exact: bool = False
 
     @property
+    def shown(self) -> bool:
+        """Worth a line in a report: a container's limit always; the host's RAM once a run used half of it."""
+        return self.source.kind != "host" or self.usage_peak >= self.source.limit // 2
+
+    @property
     def headroom(self) -> int:
         """Bytes left below the limit at the highest reading."""
         return self.source.limit - self.usage_peak

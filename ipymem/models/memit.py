@@ -8,6 +8,7 @@ from typing import Any, NamedTuple
 
 from ._comparable import Comparable
 from .cluster import ClusterSample, WorkerMemory
+from .limits import LimitUse
 
 #: Values of a result's ``outcome`` other than ``"ok"``.
 INTERRUPTED = "interrupted"
@@ -91,7 +92,9 @@ class MemitResult(Comparable):
     statement raised ``error``); the runs that finished, and the partial one,
     are kept either way.
 
-    ``workers`` (when a Dask client was active) maps each worker's address
+    ``limit`` is the container's working set against the binding limit
+    (cgroup, ``MEM_LIMIT`` or host RAM) at the start, the end, and at least
+    at the peak.  ``workers`` (when a Dask client was active) maps each worker's address
     to its :class:`~ipymem.models.cluster.WorkerMemory` over the whole
     measurement (all runs); ``cluster_timeline`` is the cluster as the
     scheduler reported it meanwhile (total and highest worker).
@@ -109,6 +112,7 @@ class MemitResult(Comparable):
     notes: tuple[str, ...] = ()
     workers: dict[str, WorkerMemory] = field(default_factory=dict, hash=False)
     cluster_timeline: tuple[ClusterSample, ...] = ()
+    limit: LimitUse | None = None  # the container's usage against the limit that kills this kernel
 
     # -- derived figures -------------------------------------------------
     @property
@@ -203,6 +207,7 @@ class MemitResult(Comparable):
             raw.update(increment=run.increment, retained=run.retained, heap_increment=run.heap_increment)
         data["cluster_timeline"] = [list(s) for s in self.cluster_timeline]
         data["worker_increment"] = self.worker_increment
+        data["limit"] = self.limit.to_dict() if self.limit is not None else None
         for address, worker in self.workers.items():
             data["workers"][address].update(increment=worker.increment, retained=worker.retained)
         return data

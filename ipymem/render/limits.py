@@ -6,6 +6,7 @@ flight record); nothing here measures or prints.
 
 from __future__ import annotations
 
+import os
 import time
 from typing import Any
 
@@ -19,6 +20,15 @@ def against_limit(used: int, source: LimitSource) -> str:
         return ""
     what = "container limit" if source.kind.startswith("cgroup") else source.label
     return f"{mib(used)} of the {mib(source.limit)} {what} ({used / source.limit:.0%})"
+
+
+def use_line(use: Any) -> str:
+    """``limit: at least 612 MiB of the 1.00 GiB container limit (60%) at the peak, 420 MiB at the end · ...``."""
+    src = use.source
+    peak = against_limit(use.usage_peak, src)
+    words = "" if use.peak_exact else "at least "
+    where = f" · {src.kind} {os.path.basename(src.file)}" if src.kind.startswith("cgroup") else ""
+    return f"limit: {words}{peak} at the peak, {mib(use.usage_end)} at the end{where} · {usage_words(src)}"
 
 
 def usage_words(source: LimitSource) -> str:
@@ -64,7 +74,7 @@ def status_text(guard: Any, recorder: Any = None, found: list[LimitSource] | Non
 def warn_text(guard: Any, watch: Any) -> str:
     text = (
         f"memguard warning: {against_limit(watch.peak_usage, guard.source)}, over the warning level "
-        f"{guard.warn_level}; the code is stopped at {guard.stop_level}"
+        f"{guard.warn_level}; the code is stopped at {mib(guard.stop_bytes)}"
     )
     if watch.holders:
         text += "; largest names: " + ", ".join(f"{n} {mib(s)}" for n, s in watch.holders[:3])
@@ -75,16 +85,13 @@ def stop_text(guard: Any, watch: Any, rows: list[tuple[str, int, int | None]] = 
     """After a stopped cell: what was stopped, that the kernel lives, and what ``del`` would give back."""
     text = (
         f"memguard stopped {watch.label or 'the code'} at {against_limit(watch.peak_usage, guard.source)}"
-        " (stop level {}); the kernel and the variables made before are intact.".format(guard.stop_level)
+        f" (stop level {mib(guard.stop_bytes)}); the kernel and the variables made before are intact."
     )
     if rows:
-        parts = []
-        for name, size, freed in rows:
-            part = f"{name} {mib(size)}"
-            if freed is not None and freed != size:
-                part += f" (del frees {mib(freed)})"
-            parts.append(part)
-        text += "\n  largest names now: " + ", ".join(parts)
+        text += "\n  largest names now: " + ", ".join(f"{name} {mib(size)}" for name, size, _ in rows)
+        if any(freed is not None and freed < size for _, size, freed in rows):
+            # The stopped frame, kept by the error's traceback (for %debug), still refers to what its line used.
+            text += "\n  (the stopped line's frame, kept by the traceback, holds part of it until the next error)"
     return text
 
 
@@ -117,4 +124,13 @@ def death_text(record: dict[str, Any], how: str, now: float | None = None) -> st
     return "\n".join(lines)
 
 
-__all__ = ["against_limit", "death_text", "limit_line", "status_text", "stop_text", "usage_words", "warn_text"]
+__all__ = [
+    "against_limit",
+    "death_text",
+    "limit_line",
+    "status_text",
+    "stop_text",
+    "usage_words",
+    "use_line",
+    "warn_text",
+]

@@ -6,6 +6,7 @@ from ..models import MemitResult
 from ..units import fmt_bytes, fmt_seconds
 from ._html import caption_for, e, footer, head, notice, table
 from .cluster import workers_html, workers_text
+from .limits import use_line
 
 
 def memit_text(result: MemitResult, precision: int = 2) -> str:
@@ -36,6 +37,8 @@ def memit_text(result: MemitResult, precision: int = 2) -> str:
     heap = result.heap_increment
     if heap is not None:
         lines.append(f"  Python heap (tracemalloc) peak: {b(heap, sign=True)} above its start")
+    if result.limit is not None and result.limit.shown:
+        lines.append("  " + use_line(result.limit))
     lines.extend(workers_text(result, precision))
     lines.extend(status_lines(result))
     lines.extend(f"  note: {n}" for n in notes(result))
@@ -130,6 +133,8 @@ def memit_html(result: MemitResult, precision: int = 2) -> str:
                 run_rows.append(row)
             parts.append(table(run_heads, run_rows, numeric=[True] * len(run_heads)))
         parts.append(footer(peak_source(result)))
+        if result.limit is not None and result.limit.shown:
+            parts.append(footer(use_line(result.limit)))
     else:
         parts.append(notice(f"%memit: nothing was measured ({result.outcome})"))
     parts.append(workers_html(result, precision))

@@ -30,7 +30,7 @@ import re
 import sys
 from typing import Any
 
-from ...models.limits import LimitSource
+from ...models.limits import LimitSource, LimitUse
 
 #: A v1 limit at or above this is "no limit" (the kernel writes PAGE_COUNTER_MAX rounded to pages).
 V1_UNLIMITED = 1 << 62
@@ -380,6 +380,29 @@ class UsageMeter:
             self.close()
 
 
+class LimitWindow:
+    """The container's usage against the binding limit around one measurement (``%memit``, ``%memwatch``).
+
+    The cgroup keeps no peak that one measurement may reset, so the peak is
+    *at least* the start plus this process's own exact RSS increment at its
+    peak (other processes of the container may have added to it meanwhile).
+    """
+
+    def __init__(self, rss: Any = None) -> None:
+        self.source, _ = find_limit()
+        meter = UsageMeter(self.source, rss=rss)
+        self._meter = meter
+        self.start = meter.working_set()
+
+    def finish(self, rss_rise: int = 0) -> LimitUse | None:
+        """The :class:`LimitUse`, given this process's RSS rise at its peak (bytes); None where nothing was read."""
+        end = self._meter.working_set()
+        self._meter.close()
+        if self.start is None or end is None or not self.source.limit:
+            return None
+        return LimitUse(self.source, self.start, end, max(end, self.start + max(0, rss_rise)))
+
+
 def oom_kills(source: LimitSource) -> int | None:
     """OOM kills counted by the cgroup that sets ``source``, or None where none is kept."""
     if source.kind == "cgroup v2":
@@ -389,4 +412,14 @@ def oom_kills(source: LimitSource) -> int | None:
     return None
 
 
-__all__ = ["LimitSource", "UsageMeter", "find_limit", "meminfo", "oom_kills", "own_cgroup", "parse_size", "stat_value"]
+__all__ = [
+    "LimitSource",
+    "LimitWindow",
+    "UsageMeter",
+    "find_limit",
+    "meminfo",
+    "oom_kills",
+    "own_cgroup",
+    "parse_size",
+    "stat_value",
+]

@@ -166,6 +166,10 @@ class Guard:
         meter: Any = None,
     ) -> None:
         self.source = source if source is not None else find_limit()[0]
+        if rss is None and meter is None:
+            from ..probes import shared_probe
+
+            rss = shared_probe().rss  # MEM_LIMIT is compared with this process's RSS
         self.meter = meter if meter is not None else UsageMeter(self.source, rss=rss)
         self.stop_level, self.warn_level = stop, warn
         self.interval = interval
@@ -347,7 +351,7 @@ class Guard:
     def message(self, used: int, line: str, holders: tuple[tuple[str, int], ...] = ()) -> str:
         text = (
             f"ipymem memory guard stopped the code: {mib(used)} of the {mib(self.limit)} {self.source.label}"
-            f" ({used / self.limit:.0%}; stop level {self.stop_level})"
+            f" ({used / self.limit:.0%}; stop level {mib(self.stop_bytes)})"
         )
         if line:
             text += f", at {line}"
