@@ -11,10 +11,11 @@ reads.  At the stop level it raises :class:`MemoryLimitError` (a
 running the user's code with ``PyThreadState_SetAsyncExc``: the exception is
 raised at that thread's next bytecode, in the user's frame.
 
-Code run by an asyncio event loop (a cell with top-level ``await``) is not
-stopped: an exception raised in a task step can land in the loop's own
-callbacks, which swallow it and lose the task's wake-up.  The guard still
-warns and keeps the flight record there.
+The user's coroutines (a cell with top-level ``await``) are not stopped: an
+exception raised in a task step can land in the event loop's own callbacks,
+which swallow it and lose the task's wake-up.  The guard still warns and
+keeps the flight record there.  A cell without ``await`` runs synchronously
+inside the kernel's own task and is stopped.
 
 It fires only when the target thread's stack holds the user's code (a
 frame of the watched cell, or below the ``with ipymem.guard()`` block) and
@@ -38,6 +39,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import ctypes
+import inspect
 import os
 import sys
 import threading
@@ -58,6 +60,7 @@ FAST_SWITCH = 0.0005
 #: A delivered stop is repeated after this long if usage is still above the stop level (user code caught it).
 REFIRE_AFTER = 0.25
 _ASYNCIO = os.path.dirname(asyncio.__file__) + os.sep
+_ASYNC_FLAGS = inspect.CO_COROUTINE | inspect.CO_ITERABLE_COROUTINE | inspect.CO_ASYNC_GENERATOR
 _IPYMEM = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))) + os.sep
 
 
@@ -336,15 +339,19 @@ class Guard:
         f = frame
         found = False
         while f is not None:
-            if self._anchor is not None and main and id(f) == self._anchor[0] and f.f_code is self._anchor[1]:
+            code = f.f_code
+            if self._anchor is not None and main and id(f) == self._anchor[0] and code is self._anchor[1]:
                 found = True
             elif self._anchor is None and self.is_user_frame(f):
+                if code.co_flags & _ASYNC_FLAGS:
+                    # The user's coroutine (top-level await) is never stopped: an exception raised in a task
+                    # step can land in the event loop's callbacks, which swallow it and lose the task's
+                    # wake-up (the cell hung in select(), seen in tests).  The guard warns and records only.
+                    # A cell without await runs synchronously inside the kernel's own task: that is stopped.
+                    return False
                 found = found or main or not _ipymem_thread(ident)
-            if f.f_code.co_filename.startswith(_ASYNCIO):
-                # Code run by an asyncio event loop (top-level await) is never stopped: an exception raised
-                # in a task step can land in the loop's callbacks, which swallow it and lose the task's
-                # wake-up (the cell hung in select(), seen in tests).  The guard warns and records only.
-                return False
+            elif not found and code.co_filename.startswith(_ASYNCIO):
+                return False  # the loop's own code runs innermost: the user's code is not running
             f = f.f_back
         return found
 
