@@ -16,7 +16,7 @@ import pytest
 from .cgroups import Unavailable, child_cgroup
 from .test_kernel import _env, execute
 
-pytestmark = [pytest.mark.kernel, pytest.mark.cgroup]
+pytestmark = [pytest.mark.kernel]
 jupyter_client = pytest.importorskip("jupyter_client")
 
 GiB = 2**30
@@ -66,6 +66,7 @@ def confined(tmp_path):
         group_cm.__exit__(None, None, None)
 
 
+@pytest.mark.cgroup
 def test_runaway_loop_is_stopped_twenty_times_and_the_kernel_lives(confined):
     group, start = confined
     _km, kc = start()
@@ -93,6 +94,7 @@ def test_runaway_loop_is_stopped_twenty_times_and_the_kernel_lives(confined):
     assert "memguard off" in _text(messages)
 
 
+@pytest.mark.cgroup
 def test_a_kernel_killed_in_one_c_call_is_explained_by_the_next(confined):
     group, start = confined
     km, kc = start()
@@ -114,6 +116,7 @@ def test_a_kernel_killed_in_one_c_call_is_explained_by_the_next(confined):
     assert "previous kernel" not in _text(messages)
 
 
+@pytest.mark.cgroup
 def test_hard_mode_refuses_the_one_call_in_the_users_code(confined):
     group, start = confined
     _km, kc = start()
@@ -130,3 +133,29 @@ def test_hard_mode_refuses_the_one_call_in_the_users_code(confined):
     assert reply["content"]["status"] == "ok"
     messages, _ = execute(kc, "%memguard off\nimport resource; print(resource.getrlimit(resource.RLIMIT_DATA))")
     assert "(-1, -1)" in _text(messages)
+
+
+@pytest.mark.parametrize("cell_kind", ["loop", "function"])
+def test_the_guard_stops_a_kernel_cell_against_mem_limit(tmp_path, cell_kind):
+    """No cgroup needed: MEM_LIMIT (this kernel's RSS) binds; the kernel runs each cell from an asyncio task."""
+    from jupyter_client.manager import start_new_kernel
+
+    env = _env(tmp_path)
+    env.update(XDG_CACHE_HOME=str(tmp_path / "cache"), MEM_LIMIT=str(GiB))
+    km, kc = start_new_kernel(kernel_name="python3", env=env)
+    try:
+        messages, _ = execute(kc, "%load_ext ipymem\n%memguard on --stop 600M --warn 400M")
+        assert "memguard on" in _text(messages), _text(messages)
+        # Bounded (1.6 GiB at most), so a guard that failed to stop it cannot take the machine's memory.
+        code = "chunks = []\nwhile len(chunks) < 200:\n    chunks.append(bytearray(8 * 2**20))"
+        if cell_kind == "function":  # the loop in a function of an earlier cell
+            execute(kc, "def f(out):\n    while len(out) < 200:\n        out.append(bytearray(2**23))\n")
+            code = "chunks = []\nf(chunks)"
+        messages, reply = execute(kc, code, timeout=120)
+        assert reply["content"]["ename"] == "MemoryLimitError", _text(messages)
+        assert "of the 1.00 GiB MEM_LIMIT" in _text(messages)
+        messages, _ = execute(kc, "print(len(chunks) > 10)")
+        assert _text(messages).strip() == "True"
+    finally:
+        kc.stop_channels()
+        km.shutdown_kernel(now=True)
