@@ -152,7 +152,7 @@ def test_a_cell_is_stopped_and_the_next_cell_runs(guarded_shell, capsys):
     r = _cell(shell, "import time\nchunks = []\nwhile True:\n    chunks.append(1); grow(2**20); time.sleep(0.0005)")
     assert type(r.error_in_exec) is ipymem.MemoryLimitError
     out = capsys.readouterr().out
-    assert "memguard stopped In[" in out and "the kernel and the variables made before are intact" in out
+    assert "memguard stopped Cell In[" in out and "the kernel and the variables made before are intact" in out
     assert "memguard warning" in out
     assert len(shell.user_ns["keep"]) == 5 * MiB and shell.user_ns["chunks"]
     FakeMeter.used = 100 * MiB

@@ -20,7 +20,7 @@ from ..engine.limits.flight import FlightRecorder, deaths, explain
 from ..engine.limits.guard import DEFAULT_STOP, DEFAULT_WARN, Guard, Level, parse_level, running_line
 from ..engine.probes import shared_probe
 from ..render.limits import death_text, status_text, stop_text, warn_text
-from ..shell import cell_files, output_bookkeeping, output_holders
+from ..shell import cell_files, cell_label, output_bookkeeping, output_holders
 
 USAGE = "%memguard on [--stop LEVEL] [--warn LEVEL|off] [--interval SECONDS] [--hard] | off | status"
 #: Seconds the census of "largest names" may take in the guard's thread (the user's code waits meanwhile).
@@ -80,6 +80,7 @@ class ShellGuard:
             on_record=self.on_record,
             hard=hard,
             rss=self.probe.rss,
+            label_file=lambda filename: cell_label(self.shell, filename),
         )
         self.said_warning = False
 
@@ -122,12 +123,13 @@ class ShellGuard:
         atexit.unregister(self.off)
 
     def pre_run_cell(self, info: Any = None) -> None:
-        number = getattr(self.shell, "execution_count", None)
+        # The cell's number comes from its frame once it runs (IPython's own numbering, as its tracebacks
+        # give it): execution_count here is already the next one under ipykernel.
         source = getattr(info, "raw_cell", "") or ""
         if self.recorder is not None:
-            self.recorder.cell = {"cell": number, "cell_source": source[:4000], "line": None, "line_source": ""}
+            self.recorder.cell = {"cell": None, "cell_source": source[:4000], "line": None, "line_source": ""}
         self.said_warning = False
-        self.guard.arm(label=f"In[{number}]" if number is not None else "the cell", target=self.main)
+        self.guard.arm(label="the cell", target=self.main)
 
     def post_run_cell(self, result: Any = None) -> None:
         watch = self.guard.disarm()
@@ -165,6 +167,9 @@ class ShellGuard:
                 while f is not None and not self.is_user_frame(f):
                     f = f.f_back
                 if f is not None:
+                    cell = cell_files(self.shell).get(f.f_code.co_filename)
+                    if cell is not None:  # the number IPython's traceback gives this cell
+                        recorder.cell["cell"] = cell
                     line = f.f_lineno
                     source = running_line(f, self.is_user_frame).split(": ", 1)[-1] if f.f_lineno else ""
             del frame

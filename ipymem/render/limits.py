@@ -112,6 +112,9 @@ def death_text(record: dict[str, Any], how: str, now: float | None = None) -> st
         if line:
             where += f", line {line}" + (f": {source}" if source else "")
         lines.append("  " + where)
+    elif record.get("cell_source"):
+        first = str(record["cell_source"]).strip().splitlines()[0][:120]
+        lines.append(f"  It was running the cell that starts: {first}")
     usage, limit = record.get("usage"), record.get("limit")
     if isinstance(usage, int) and isinstance(limit, int) and limit:
         lines.append(

@@ -167,7 +167,9 @@ class Guard:
         hard: bool = False,
         rss: Callable[[], int] | None = None,
         meter: Any = None,
+        label_file: Callable[[str], str] | None = None,
     ) -> None:
+        self.label_file = label_file  # "Cell In[4]" for a cell's file name
         self.source = source if source is not None else find_limit()[0]
         if rss is None and meter is None:
             from ..probes import shared_probe
@@ -313,7 +315,10 @@ class Guard:
         targets = [ident for ident, frame in frames.items() if self._stoppable(ident, frame)]
         if not targets:
             return
-        line = running_line(frames[targets[0]], self.is_user_frame)
+        line = running_line(frames[targets[0]], self.is_user_frame, self.label_file)
+        user = _innermost(frames[targets[0]], self.is_user_frame)
+        if user is not None and self.label_file is not None and self._anchor is None:
+            watch.label = self.label_file(user.f_code.co_filename)  # "Cell In[4]", as the traceback says
         message = self.message(used, line, watch.holders or self.last_holders)
         self._delivered.clear()
         MemoryLimitError._delivered = self._delivered
@@ -460,17 +465,22 @@ def _ipymem_thread(ident: int) -> bool:
     return thread is not None and thread.name.startswith("ipymem-")
 
 
-def running_line(frame: Any, is_user_frame: Callable[[Any], bool]) -> str:
-    """``<file>:<line>: <source>`` of the innermost user frame at or above ``frame``."""
-    import linecache
-
+def _innermost(frame: Any, is_user_frame: Callable[[Any], bool]) -> Any:
     f = frame
     while f is not None and not is_user_frame(f):
         f = f.f_back
-    f = f or frame
+    return f
+
+
+def running_line(frame: Any, is_user_frame: Callable[[Any], bool], label: Callable[[str], str] | None = None) -> str:
+    """``<file>:<line>: <source>`` of the innermost user frame at or above ``frame`` (``label`` names the file)."""
+    import linecache
+
+    f = _innermost(frame, is_user_frame) or frame
     lineno = f.f_lineno or 0
     source = linecache.getline(f.f_code.co_filename, lineno).strip()
-    return f"{f.f_code.co_filename}:{lineno}" + (f": {source}" if source else "")
+    name = label(f.f_code.co_filename) if label is not None else f.f_code.co_filename
+    return f"{name}:{lineno}" + (f": {source}" if source else "")
 
 
 def parse_level(text: str) -> Level:
