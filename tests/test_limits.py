@@ -217,3 +217,13 @@ def test_script_runner_guard_stops_the_script_and_reports(tmp_path):
         timeout=60,
     )
     assert bad.returncode == 2 and "usage:" in bad.stderr  # a bad level runs nothing
+
+
+def test_memwho_says_how_close_the_container_is(ip, monkeypatch):
+    monkeypatch.setenv("MEM_LIMIT", "1G")
+    monkeypatch.setattr("ipymem.engine.limits.cgroups.own_cgroup", lambda root="/": None)
+    ip.run_cell("big = bytearray(20 * 2**20)")
+    r = ip.run_line_magic("memwho", "-o")
+    assert r.limit is not None and r.limit.source.kind == "MEM_LIMIT"
+    assert "limit: " in ip.texts()[-1] and "of the 1.00 GiB MEM_LIMIT" in ip.texts()[-1]
+    assert "MEM_LIMIT" in ip.htmls()[-1]

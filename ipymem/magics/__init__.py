@@ -471,6 +471,7 @@ class MemoryMagics(Magics):
             )
         finally:
             progress.close()
+        result = dataclasses.replace(result, limit=LimitWindow(engine.shared_probe().rss).finish())
         error = KeyboardInterrupt() if result.outcome == "interrupted" else None
         return self._finish(result, error, args, memwho_text, memwho_html)
 

@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ._comparable import Comparable
+from .limits import LimitUse
 
 #: ``MemwhoRow.kind``: a user name, or a hidden holder (output cache, last traceback, ...).
 NAME = "name"
@@ -111,6 +112,7 @@ class MemwhoResult(Comparable):
     outcome: str = "ok"
     error: str | None = None
     notes: tuple[str, ...] = ()
+    limit: LimitUse | None = None  # the container's usage against the binding limit when the census ran
 
     @property
     def statement(self) -> str:

@@ -5,6 +5,7 @@ from __future__ import annotations
 from ..models.memwho import HOLDER, MemwhoResult, MemwhoRow
 from ..units import fmt_bytes, fmt_number, fmt_seconds
 from ._html import e, notice, table
+from .limits import limit_line
 
 SIZE_HEAD = "Size (MiB)"
 SIZE_TITLE = "Bytes of every object reachable from the name, each object once (Python heap and native buffers)"
@@ -56,6 +57,8 @@ def breakdown_lines(result: MemwhoResult, precision: int = 2) -> list[str]:
         lines.append(f"  {p.label:<{width}}  {value:>14}   {p.source}")
     if result.trimmed is not None:
         lines.append(f"  --trim (gc.collect + malloc_trim(0)) returned {fmt_bytes(result.trimmed, precision)} of RSS")
+    if result.limit is not None and result.limit.shown:
+        lines.append(limit_line(result.limit.usage_end, result.limit.source))
     return lines
 
 
@@ -121,6 +124,8 @@ def memwho_html(result: MemwhoResult, precision: int = 2) -> str:
                 "inherit",
             )
         )
+    if result.limit is not None and result.limit.shown:
+        parts.append(notice(limit_line(result.limit.usage_end, result.limit.source), "inherit"))
     for n in result.notes:
         parts.append(notice("note: " + n, color="var(--jp-ui-font-color2,#666)"))
     parts.append("</div>")
