@@ -174,6 +174,7 @@ def test_this_machine_has_a_binding_limit():
 def test_memit_reports_usage_against_mem_limit(ip, monkeypatch):
     monkeypatch.setenv("MEM_LIMIT", "1G")
     monkeypatch.setattr("ipymem.engine.limits.cgroups.own_cgroup", lambda root="/": None)
+    monkeypatch.setattr("ipymem.engine.limits.cgroups._BINDING", None)  # no limit found before this test
     r = ip.run_line_magic("memit", "-o bytearray(50 * 2**20)")
     use = r.limit
     assert use.source.kind == "MEM_LIMIT" and use.source.limit == GiB
@@ -187,6 +188,7 @@ def test_memit_reports_usage_against_mem_limit(ip, monkeypatch):
 def test_host_limit_is_not_shown_for_a_small_run(ip, monkeypatch):
     monkeypatch.delenv("MEM_LIMIT", raising=False)
     monkeypatch.setattr("ipymem.engine.limits.cgroups.own_cgroup", lambda root="/": None)
+    monkeypatch.setattr("ipymem.engine.limits.cgroups._BINDING", None)  # no limit found before this test
     r = ip.run_line_magic("memit", "-o -q pass")
     assert r.limit is not None and r.limit.source.kind == "host" and not r.limit.shown
 
@@ -222,6 +224,7 @@ def test_script_runner_guard_stops_the_script_and_reports(tmp_path):
 def test_memwho_says_how_close_the_container_is(ip, monkeypatch):
     monkeypatch.setenv("MEM_LIMIT", "1G")
     monkeypatch.setattr("ipymem.engine.limits.cgroups.own_cgroup", lambda root="/": None)
+    monkeypatch.setattr("ipymem.engine.limits.cgroups._BINDING", None)  # no limit found before this test
     ip.run_cell("big = bytearray(20 * 2**20)")
     r = ip.run_line_magic("memwho", "-o")
     assert r.limit is not None and r.limit.source.kind == "MEM_LIMIT"
