@@ -83,9 +83,10 @@ def warn_text(guard: Any, watch: Any) -> str:
 
 def stop_text(guard: Any, watch: Any, rows: list[tuple[str, int, int | None]] = ()) -> str:
     """After a stopped cell: what was stopped, that the kernel lives, and what ``del`` would give back."""
+    phrase = against_limit(watch.peak_usage, guard.source)[:-1]  # "... limit (88%" : the level joins the brackets
     text = (
-        f"memguard stopped {watch.label or 'the code'} at {against_limit(watch.peak_usage, guard.source)}"
-        f" (stop level {mib(guard.stop_bytes)}); the kernel and the variables made before are intact."
+        f"memguard stopped {watch.label or 'the code'} at {phrase}; stop level {mib(guard.stop_bytes)});"
+        " the kernel and the variables made before are intact."
     )
     if rows:
         text += "\n  largest names now: " + ", ".join(f"{name} {mib(size)}" for name, size, _ in rows)
