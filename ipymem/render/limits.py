@@ -45,9 +45,9 @@ def limit_line(used: int, source: LimitSource) -> str:
     phrase = against_limit(used, source)
     if not phrase:
         return ""
-    where = f" at {source.file}" if source.kind.startswith("cgroup") else ""
+    where = f" · {source.kind} {source.file}" if source.kind.startswith("cgroup") else ""
     high = f"; throttled above memory.high {mib(source.high)}" if source.high else ""
-    return f"limit: {phrase} · {source.label}{where}{high} · {usage_words(source)}"
+    return f"limit: {phrase}{where}{high} · {usage_words(source)}"
 
 
 def status_text(guard: Any, recorder: Any = None, found: list[LimitSource] | None = None) -> str:
