@@ -21,6 +21,7 @@ from ..engine.limits.guard import DEFAULT_STOP, DEFAULT_WARN, Guard, Level, pars
 from ..engine.probes import shared_probe
 from ..render.limits import death_text, status_text, stop_text, warn_text
 from ..shell import cell_files, cell_label, output_bookkeeping, output_holders
+from ..units import glance
 
 USAGE = "%memguard on [--stop LEVEL] [--warn LEVEL|off] [--interval SECONDS] [--hard] | off | status"
 #: Seconds the census of "largest names" may take in the guard's thread (the user's code waits meanwhile).
@@ -242,7 +243,7 @@ class GuardMagics(Magics):
             self._guard = guard
             g = guard.guard
             print(
-                f"memguard on: stops a cell at {g.stop_level} ({status_short(g)}) of the "
+                f"memguard on: stops a cell at {g.stop_level} ({glance(g.stop_bytes)}) of the "
                 f"{g.source.label}" + (f", warns at {g.warn_level}" if g.warn_level is not None else "")
             )
         elif verb == "off" and len(words) == 1:
@@ -273,12 +274,6 @@ class GuardMagics(Magics):
         if self._guard is not None:
             self._guard.off()
             self._guard = None
-
-
-def status_short(guard: Guard) -> str:
-    from ..units import glance
-
-    return glance(guard.stop_bytes)
 
 
 __all__ = ["GuardMagics", "ShellGuard", "post_mortem"]

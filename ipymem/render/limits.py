@@ -63,6 +63,10 @@ def status_text(guard: Any, recorder: Any = None, found: list[LimitSource] | Non
     ]
     if src.file:
         lines.append(f"  binding limit: {src.kind} {src.file}")
+    if src.swap:
+        lines.append(
+            f"  swap: up to {mib(src.swap)} beyond the limit before the OOM killer (slower, not counted above)"
+        )
     for other in found or ():
         if other != src:
             lines.append(f"  also found: {other.label} {mib(other.limit)} (does not bind)")

@@ -361,15 +361,6 @@ class UsageMeter:
         """The cgroup's OOM-kill counter (v2 ``memory.events``, v1 ``memory.oom_control``)."""
         return oom_kills(self.source)
 
-    def peak(self) -> int | None:
-        """The cgroup's own high-water mark of usage, where the kernel keeps one (v1 max_usage, v2 memory.peak)."""
-        d = self.source.directory
-        if self.source.kind == "cgroup v1":
-            return _read_int(os.path.join(d, "memory.max_usage_in_bytes"))
-        if self.source.kind == "cgroup v2":
-            return _read_int(os.path.join(d, "memory.peak"))
-        return None
-
     def close(self) -> None:
         for fd in (self._fd, self._stat_fd):
             if fd is not None:
