@@ -14,83 +14,15 @@ default: well under 1 MiB).
 from __future__ import annotations
 
 import contextlib
-import sys
 import threading
 import time
 from collections.abc import Callable
 
 from ..models import Sample
 from .probes import Probe
+from .threads import THREAD_PREFIX, ThreadActivity
 
-THREAD_PREFIX = "ipymem-"
-
-#: Threads of the kernel and of IPython that wake only to move messages or save history:
-#: their memory is noise, and naming them in every report would hide a real worker thread.
-INFRASTRUCTURE_THREADS = (
-    THREAD_PREFIX,
-    "IOPub",
-    "Heartbeat",
-    "Control",
-    "IPythonHistorySavingThread",
-    "Shell",
-    "subshell-",  # ipykernel 7: the subshell the widgets frontend asks for
-)
-
-
-class ThreadActivity:
-    """Which other threads ran Python code between :meth:`start` and :meth:`stop`.
-
-    A thread is seen running when its innermost Python frame or instruction
-    changed between two looks (``sys._current_frames()``), when it started or
-    when it ended in between.  A thread that did work and came back to the
-    very instruction it was blocked on between two looks is missed, so
-    :meth:`poll` can be called in between (the sampler does, at its ticks) to
-    look more often.  Kernel infrastructure threads (:data:`INFRASTRUCTURE_THREADS`)
-    and ipymem's own are left out.  No frame is kept, only numbers.
-    """
-
-    def __init__(self) -> None:
-        self._me = threading.get_ident()
-        self._lock = threading.Lock()
-        self._last: dict[int, tuple[str, int, int]] = {}
-        self.ran: dict[int, str] = {}
-
-    def _look(self) -> dict[int, tuple[str, int, int]]:
-        names = {t.ident: t.name for t in threading.enumerate()}
-        out = {}
-        for ident, frame in sys._current_frames().items():
-            if ident == self._me:
-                continue
-            name = names.get(ident, f"thread {ident}")
-            if name.startswith(INFRASTRUCTURE_THREADS):
-                continue
-            out[ident] = (name, id(frame.f_code) ^ id(frame), frame.f_lasti)
-        return out
-
-    def start(self) -> ThreadActivity:
-        self._last = self._look()
-        self.ran = {}
-        return self
-
-    def poll(self) -> None:
-        with self._lock:
-            self._poll()
-
-    def _poll(self) -> None:
-        now = self._look()
-        for ident, state in now.items():
-            before = self._last.get(ident)
-            if before is None or before != state:
-                self.ran[ident] = state[0]
-        for ident, state in self._last.items():
-            if ident not in now:
-                self.ran[ident] = state[0]
-        self._last = now
-
-    def stop(self) -> list[str]:
-        """Names of the threads that ran, sorted."""
-        self.poll()
-        return sorted(set(self.ran.values()))
+__all__ = ["THREAD_PREFIX", "Sampler", "ThreadActivity", "Timeline"]
 
 
 class Timeline:

@@ -18,7 +18,7 @@ from types import CodeType
 from typing import Any, ClassVar
 
 from .books import _GEN_FLAGS, _Books, _is_suspension
-from .sampler import INFRASTRUCTURE_THREADS
+from .threads import is_housekeeping
 
 MONITORING = "sys.monitoring"
 SETTRACE = "sys.settrace"
@@ -367,6 +367,9 @@ class _SigintGuard:
             signal.signal(signal.SIGINT, self._old)
 
 
+_THREAD_START = threading.Thread.start.__code__
+
+
 class _ThreadWatch:
     """Counts threads started while it is active, through :func:`threading.setprofile`.
 
@@ -386,19 +389,36 @@ class _ThreadWatch:
 
     def __init__(self) -> None:
         self.started = 0
+        self.owner = threading.get_ident()
+
+    @staticmethod
+    def _starting(frame: Any) -> bool:
+        """Whether ``frame`` (a thread's innermost) is inside ``Thread.start``, waiting for the new thread."""
+        depth = 0
+        while frame is not None and depth < 8:
+            if frame.f_code is _THREAD_START:
+                return True
+            frame, depth = frame.f_back, depth + 1
+        return False
 
     @staticmethod
     def _hook(frame: Any, event: str, arg: Any) -> Any:
         cls = _ThreadWatch
-        # Called in the new thread, so its name is known: kernel housekeeping (ipykernel 7 starts a
-        # subshell thread when the widgets frontend asks for one, which can happen during a run) and
-        # ipymem's own threads are not the profiled code's.
-        name = threading.current_thread().name
-        housekeeping = name.startswith(INFRASTRUCTURE_THREADS)
+        # Called in the new thread before its run(): kernel housekeeping (ipykernel 7 starts a subshell
+        # thread when the widgets frontend asks for one) and ipymem's own threads are not the profiled
+        # code's; a thread is the profiled code's when the watch's own thread is the one still inside
+        # Thread.start() (the starter waits there until the new thread is running; the hook runs first
+        # in practice, as the starter needs the GIL back to return, so a start is missed only rarely).
+        if not is_housekeeping(threading.current_thread()):
+            frames = sys._current_frames()
+            try:
+                with cls._lock:
+                    for watch in cls._active:
+                        if cls._starting(frames.get(watch.owner)):
+                            watch.started += 1
+            finally:
+                frames.clear()
         with cls._lock:
-            if not housekeeping:
-                for watch in cls._active:
-                    watch.started += 1
             old = cls._saved
         sys.setprofile(old)
         return old(frame, event, arg) if old is not None else None

@@ -314,6 +314,7 @@ class Guard:
         frames = sys._current_frames()
         targets = [ident for ident, frame in frames.items() if self._stoppable(ident, frame)]
         if not targets:
+            frames.clear()  # it holds this frame: a cycle that would pin every thread's stack until a collection
             return
         line = running_line(frames[targets[0]], self.is_user_frame, self.label_file)
         user = _innermost(frames[targets[0]], self.is_user_frame)

@@ -1,0 +1,222 @@
+"""Notes that are true: the kernel's own threads are not the user's, and no measurement pins the caller's frame.
+
+Each test fails without its fix: thread names (``Thread-1``) alone cannot tell
+ipykernel's parent poller from the user's thread, and a frames dict kept in
+a local makes a cycle through the measuring frame and its callers.
+"""
+
+from __future__ import annotations
+
+import gc
+import threading
+import time
+import weakref
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+
+import ipymem
+from ipymem.engine.threads import ThreadActivity, _is_housekeeping_module, is_housekeeping
+
+
+class _Obj:
+    pass
+
+
+# -- housekeeping threads by what they run ----------------------------------------------------------
+
+
+def test_kernel_threads_are_recognised_by_class_and_target_not_name():
+    iostream = pytest.importorskip("ipykernel.iostream")
+    from ipykernel.heartbeat import Heartbeat
+    from ipykernel.parentpoller import ParentPollerUnix
+
+    assert is_housekeeping(ParentPollerUnix())  # named "Thread-1" in a kernel
+    assert is_housekeeping(threading.Thread(target=iostream.OutStream._watch_pipe_fd, name="Thread-2"))
+    assert is_housekeeping(Heartbeat.__new__(Heartbeat))
+    from IPython.core.history import HistorySavingThread
+
+    assert _is_housekeeping_module(HistorySavingThread.__module__)  # an instance needs a history manager
+    # the same names on the user's threads are the user's
+    assert not is_housekeeping(threading.Thread(target=lambda: None, name="Thread-1"))
+    assert not is_housekeeping(threading.Thread(target=print, name="IOPub"))
+    assert not is_housekeeping(threading.current_thread())
+
+
+def test_pool_threads_run_user_work_and_are_the_users():
+    with ThreadPoolExecutor(1) as pool:
+        pool.submit(time.sleep, 0).result()
+        workers = list(pool._threads)
+    assert workers and not any(is_housekeeping(t) for t in workers)
+
+    class Mine(threading.Thread):
+        pass
+
+    assert not is_housekeeping(Mine())
+
+
+def test_a_housekeeping_thread_that_wakes_often_gives_no_note():
+    class Poller(threading.Thread):  # what ipykernel's ParentPollerUnix is: a class of the kernel's
+        __module__ = "ipykernel.parentpoller"
+
+        def __init__(self, stop):
+            super().__init__(daemon=True)
+            self.stop = stop
+
+        def run(self):
+            while not self.stop.wait(0.005):
+                sum(range(1000))
+
+    stop = threading.Event()
+    poller = Poller(stop)
+    poller.start()
+    try:
+        r = ipymem.memit(time.sleep, 0.3)
+        assert not any("other thread" in n for n in r.notes), r.notes
+        # a user thread doing the same is named
+        ustop = threading.Event()
+
+        def busy():
+            while not ustop.wait(0.005):
+                sum(range(1000))
+
+        t = threading.Thread(target=busy, name="mine")
+        t.start()
+        try:
+            r = ipymem.memit(time.sleep, 0.3)
+        finally:
+            ustop.set()
+            t.join()
+        assert any("other thread" in n and "mine" in n for n in r.notes), r.notes
+    finally:
+        stop.set()
+        poller.join()
+
+
+def test_profile_counts_only_threads_the_profiled_code_started():
+    stop = threading.Event()
+    go = threading.Event()
+
+    def elsewhere():  # another thread starts threads while the profiled function runs
+        go.wait()
+        for _ in range(5):
+            threading.Thread(target=time.sleep, args=(0,)).start()
+        stop.set()
+
+    @ipymem.profile(stream=None)
+    def profiled():
+        go.set()
+        stop.wait(5)
+        return 1
+
+    def starts_one():
+        t = threading.Thread(target=time.sleep, args=(0,))
+        t.start()
+        t.join()
+
+    t = threading.Thread(target=elsewhere)
+    t.start()
+    profiled()
+    t.join()
+    report = profiled.last_profile
+    assert not any("started" in n for n in report.notes), report.notes
+
+    r = ipymem.mprun(starts_one)
+    assert any("(1 started)" in n for n in r.notes), r.notes
+
+
+# -- no frame pinned -----------------------------------------------------------------------------
+
+
+@pytest.fixture
+def no_gc():
+    was = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if was:
+            gc.enable()
+
+
+@pytest.mark.parametrize(
+    "measure",
+    [
+        lambda: ipymem.memit(bytearray, 10),
+        lambda: ipymem.memit(time.sleep, 0.05),  # the sampler looks at the threads at its ticks
+        lambda: ipymem.mprun(lambda: bytearray(10)),
+    ],
+    ids=["memit", "memit-sampled", "mprun"],
+)
+def test_a_measurement_inside_a_function_keeps_no_frame_of_it(no_gc, measure):
+    def caller():
+        local = _Obj()
+        measure()
+        return weakref.ref(local)
+
+    ref = caller()
+    assert ref() is None, "the caller's frame (and its locals) outlived the call"
+
+
+def test_thread_activity_keeps_no_frame(no_gc):
+    def caller():
+        local = _Obj()
+        a = ThreadActivity().start()
+        a.poll()
+        a.stop()
+        return weakref.ref(local)
+
+    assert caller()() is None
+
+
+def test_memit_magic_inside_a_function_keeps_no_frame(ip, no_gc):
+    ip.run_cell(
+        "import weakref\n"
+        "class Big: pass\n"
+        "def f():\n"
+        "    local = Big()\n"
+        "    get_ipython().run_line_magic('memit', '-q pass')\n"
+        "    return weakref.ref(local)\n"
+        "ref = f()\n"
+    )
+    assert ip.user_ns["ref"]() is None
+
+
+# -- in a real kernel -------------------------------------------------------------------------------
+
+
+@pytest.mark.kernel
+def test_kernel_memit_names_no_kernel_thread_but_names_a_users(tmp_path):
+    pytest.importorskip("jupyter_client")
+    pytest.importorskip("ipykernel")
+    from jupyter_client.manager import start_new_kernel
+
+    from .test_kernel import _env, execute
+
+    def stdout(messages):
+        return "".join(m["content"].get("text", "") for m in messages if m["msg_type"] == "stream")
+
+    km, kc = start_new_kernel(kernel_name="python3", env=_env(tmp_path))
+    try:
+        execute(kc, "%load_ext ipymem")
+        # ipykernel's parent poller wakes every second and its pipe watchers on output: 1.5 s sees them
+        messages, reply = execute(kc, "import time\nr = %memit -o --no-live time.sleep(1.5)\nprint(r.notes)")
+        assert reply["content"]["status"] == "ok", reply["content"]
+        assert "other thread" not in stdout(messages), stdout(messages)
+        code = (  # a thread of the user's, started before, allocates during the statement
+            "import threading\n"
+            "go = threading.Event()\n"
+            "def load():\n"
+            "    go.wait()\n"
+            "    global held\n"
+            "    held = [bytearray(2**20) for _ in range(40)]\n"
+            "t = threading.Thread(target=load, name='loader'); t.start()\n"
+            "r = %memit -o --no-live go.set(); t.join()\n"
+            "print(r.notes)"
+        )
+        messages, reply = execute(kc, code)
+        assert reply["content"]["status"] == "ok", reply["content"]
+        assert "other thread" in stdout(messages) and "loader" in stdout(messages), stdout(messages)
+    finally:
+        kc.stop_channels()
+        km.shutdown_kernel(now=True)
