@@ -220,3 +220,69 @@ def test_kernel_memit_names_no_kernel_thread_but_names_a_users(tmp_path):
     finally:
         kc.stop_channels()
         km.shutdown_kernel(now=True)
+
+
+# -- %memit's fixed cost: no full collection, no smaps ------------------------------------------------
+
+
+def test_memit_runs_no_full_collection_and_reads_no_smaps(ip, monkeypatch):
+    import builtins
+
+    calls = []
+    real_collect = gc.collect
+    monkeypatch.setattr(gc, "collect", lambda *a, **k: (calls.append(a or k or "full"), real_collect(*a, **k))[1])
+    opened = []
+    real_open = builtins.open
+
+    def spy_open(file, *a, **k):
+        opened.append(str(file))
+        return real_open(file, *a, **k)
+
+    monkeypatch.setattr(builtins, "open", spy_open)
+    ip.line("memit", "-q pass")
+    assert calls and all(c not in ("full", (2,)) and c != {"generation": 2} for c in calls), calls
+    assert not any(p.endswith("/smaps") for p in opened), opened
+
+
+def _warm_free_lists(ip):
+    # Allocate and free 1 MB blocks until glibc serves them from its heap (its mmap threshold grows
+    # after the first free of an mmapped block), then free 60 of them below a block that stays, so
+    # the heap's top cannot be trimmed: ~60 MB stay free in the allocator, resident, as after a cell
+    # that built and dropped a large intermediate.
+    ip.run_cell(
+        "for _ in range(3):\n    _tmp = [bytearray(10**6) for _ in range(60)]\n    del _tmp\n"
+        "_tmp = [bytearray(10**6) for _ in range(60)]\n_pin = bytearray(10**6)\ndel _tmp\n"
+    )
+
+
+def test_memit_says_when_new_memory_went_into_memory_the_allocator_held_free(ip):
+    pytest.importorskip("ctypes")
+    from ipymem.engine.rssparts import mallinfo
+
+    if mallinfo() is None:
+        pytest.skip("needs glibc's mallinfo2")
+    _warm_free_lists(ip)
+    r = ip.line("memit", "-o -q x = [bytearray(10**6) for _ in range(50)]")
+    ip.run_cell("del x")
+    note = [n for n in r.notes if "held free" in n]
+    assert note, (r.increment, r.notes)
+    mib = float(note[0].split(" MiB")[0].split()[-1].replace(",", ""))
+    assert 40 <= mib <= 55, note  # 50 x 10**6 bytes = 47.7 MiB went into freed memory
+
+
+def test_memit_gives_no_reuse_note_when_memory_is_new(ip):
+    r = ip.line("memit", "-o -q x = bytearray(64 * 2**20)")
+    ip.run_cell("del x")
+    assert not any("held free" in n for n in r.notes), r.notes
+
+
+def test_mprun_says_when_lines_reused_free_memory(ip):
+    from ipymem.engine.rssparts import mallinfo
+
+    if mallinfo() is None:
+        pytest.skip("needs glibc's mallinfo2")
+    _warm_free_lists(ip)
+    ip.run_cell("def build():\n    out = [bytearray(10**6) for _ in range(50)]\n    return out\n")
+    r = ip.line("mprun", "-o -q -f build kept = build()")
+    ip.run_cell("del kept")
+    assert any("held free" in n and "--backend heap" in n for n in r.notes), r.notes
