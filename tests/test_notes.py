@@ -286,3 +286,98 @@ def test_mprun_says_when_lines_reused_free_memory(ip):
     r = ip.line("mprun", "-o -q -f build kept = build()")
     ip.run_cell("del kept")
     assert any("held free" in n and "--backend heap" in n for n in r.notes), r.notes
+
+
+# -- %memwho: an object column sized in bulk, within its budget, and a headline that matches ---------
+
+
+def _namespace_of_20(ip):
+    pd = pytest.importorskip("pandas")
+    ip.run_cell(
+        "import numpy as np, pandas as pd\n"
+        "n = 10**6\n"
+        "df = pd.DataFrame({'a': np.arange(n), 'b': np.random.rand(n), 's': [f'row {i}' for i in range(n)]})\n"
+        "for i in range(19):\n"
+        "    globals()[f'v{i}'] = np.ones(10**5) if i % 3 == 0 else (list(range(10**4)) if i % 3 == 1 else"
+        " {'k': list(range(1000))})\n"
+    )
+    return pd
+
+
+@pytest.mark.parametrize("traced", [False, True], ids=["plain", "tracemalloc"])
+def test_memwho_walks_a_million_row_object_column_within_its_default_budget(ip, traced):
+    import tracemalloc
+
+    _namespace_of_20(ip)
+    was = tracemalloc.is_tracing()
+    if traced and not was:
+        tracemalloc.start()
+    try:
+        r = ip.line("memwho", "-o -q")
+    finally:
+        if traced and not was:
+            tracemalloc.stop()
+    assert r.complete, r.notes
+    assert r.params.budget == 5.0  # the default budget
+    deep = int(ip.user_ns["df"].memory_usage(deep=True).sum())  # pandas' own books: every string's getsizeof
+    assert abs(r.row("df").size - deep) <= 0.02 * deep, (r.row("df").size, deep)
+    assert r.row("df").freed_if_deleted == pytest.approx(r.row("df").size, rel=0.01)
+
+
+def test_memwho_object_array_freed_if_deleted_against_the_traced_drop(ip):
+    import tracemalloc
+
+    pytest.importorskip("numpy")
+    tracemalloc.start()
+    try:
+        ip.run_cell("import numpy as np\nwords = np.array([f'word {i}' for i in range(200_000)], dtype=object)")
+        r = ip.line("memwho", "-o -q words")
+        before = tracemalloc.get_traced_memory()[0]
+        ip.run_cell("del words")
+        drop = before - tracemalloc.get_traced_memory()[0]
+    finally:
+        tracemalloc.stop()
+    assert r.row("words").objects > 200_000
+    assert abs(r.row("words").freed_if_deleted - drop) <= 0.05 * drop, (r.row("words").freed_if_deleted, drop)
+
+
+def test_memwho_object_arrays_sharing_elements_share_them(ip):
+    pytest.importorskip("numpy")
+    ip.run_cell(
+        "import numpy as np\n"
+        "a = np.array([f'word {i}' for i in range(100_000)], dtype=object)\n"
+        "b = a.copy()\n"  # a new buffer of references to the same strings
+        "c = np.array([f'other {i}' for i in range(100_000)], dtype=object)\n"
+    )
+    r = ip.line("memwho", "-o -q")
+    a, b, c = r.row("a"), r.row("b"), r.row("c")
+    assert "b" in a.shared_with and "a" in b.shared_with and not c.shared_with
+    strings = a.size - a.freed_if_deleted  # what a shares: the strings
+    assert strings > 100_000 * 50
+    assert a.freed_if_deleted < 100_000 * 8 + 4096  # only its own buffer of pointers
+    assert c.freed_if_deleted == pytest.approx(c.size, rel=0.001)
+    ip.run_cell("del a, b, c")
+
+
+def test_memwho_held_from_outside_frees_nothing_of_its_bulk_elements(ip):
+    pytest.importorskip("numpy")
+    ip.run_cell(
+        "import numpy as np, sys\n"
+        "words = np.array([f'w{i}' for i in range(100_000)], dtype=object)\n"
+        "sys.modules['__main__'].__dict__.setdefault('_cache_for_test', [])\n"
+        "_hold = [words]\n"
+    )
+    r = ip.line("memwho", "-o -q words")
+    assert r.row("words").freed_if_deleted < 4096, r.row("words")
+    ip.run_cell("del words, _hold")
+
+
+def test_memwho_headline_says_what_the_rows_shown_hold(ip):
+    pytest.importorskip("numpy")
+    ip.run_cell("import numpy as np\ndf1 = np.ones(2**17)\ndf2 = np.ones(2**18)\nother = np.ones(2**20)\n")
+    r = ip.line("memwho", "-o -q -n 1 df*")
+    text = str(r)
+    first = text.splitlines()[0]
+    assert [row.name for row in r.rows] == ["df2"]
+    assert "1 of 3 names shown (matching df*, top 1), holding 2.00 MiB" in first, first
+    assert "all names together hold 11.00 MiB" in first, first

@@ -35,8 +35,11 @@ walked object survives the call.
 
 from __future__ import annotations
 
+import collections
 import fnmatch
 import gc
+import itertools
+import operator
 import re
 import sys
 import time
@@ -99,6 +102,35 @@ class _Plain:
     pass
 
 
+#: Leaf types an object array's elements are sized in bulk for (see ``_Walker._bulk``).
+_BULK_LEAVES = frozenset({str, bytes, float, int, complex})
+#: An element's reference count in ``_bulk`` when the array is its only holder (array, list, the argument).
+_BULK_RC = 3
+
+
+def _split_elements(arr: Any) -> tuple[list[Any], list[Any]]:
+    """An object array's elements: ``(leaf elements only it holds, the others)``, at C speed where it can."""
+    items = list(arr.flat)
+    counts = list(map(sys.getrefcount, items))  # here: the array, ``items`` and the argument
+    if set(map(type, items)) <= _BULK_LEAVES:
+        only = list(map(_BULK_RC.__eq__, counts))
+    else:
+        leaf = _BULK_LEAVES
+        only = [c == _BULK_RC and type(x) in leaf for x, c in zip(items, counts, strict=True)]
+    counts = None
+    uniq = list(itertools.compress(items, only))
+    rest = list(itertools.compress(items, map(operator.not_, only)))
+    return uniq, rest
+
+
+def _object_elements(arr: Any) -> bool:
+    """An object array that owns its elements (no base: a view's elements are its base's)."""
+    try:
+        return arr.base is None and arr.dtype.hasobject and arr.dtype.fields is None and arr.size > 64
+    except Exception:
+        return False
+
+
 #: What ``sys.getsizeof`` adds to ``__sizeof__`` for a GC-tracked object (GC header, pre-header).
 _GC_PRE = sys.getsizeof(_Plain()) - object.__sizeof__(_Plain())
 _HAVE_GC = 1 << 14  # Py_TPFLAGS_HAVE_GC
@@ -159,6 +191,8 @@ def census(
     start = time.perf_counter()
     trimmed = trim_memory() if trim else None
     roots, bindings, root_refs = _roots(namespace, set(hidden), holders, show_all)
+    if pattern is not None:  # the names asked for first, so a walk cut short covers them
+        roots.sort(key=lambda r: not fnmatch.fnmatchcase(r[0], pattern))
     for obj in bookkeeping:  # the reference it stands for, and the collection's own
         bindings[id(obj)] = bindings.get(id(obj), 0) + 2
     obj = None
@@ -202,6 +236,7 @@ def census(
         duration=time.perf_counter() - start,
         trimmed=trimmed,
         hidden_rows=hidden_rows,
+        rows_total=len(rows),
         outcome="interrupted" if walker.interrupted else "ok",
         error="KeyboardInterrupt" if walker.interrupted else None,
         notes=tuple(notes),
@@ -324,7 +359,7 @@ class _Walker:
         self.skip_ids = {id(namespace)}
         self.ns_type = type(namespace)
         self.module_globals: dict[int, str] = {}
-        self._buffer_size: dict[int, int] = {}  # pyarrow/torch buffer key -> bytes
+        self._buffer_size: dict[int, int] = {}  # pyarrow/torch buffer or bulk-sized elements key -> bytes
         self._multi_roots: dict[int, set[int]] = {}  # MULTI id -> the roots that reach it
         for modname, mod in list(sys.modules.items()):
             try:  # past any __getattribute__: a lazily loaded module must not be loaded by looking at it
@@ -502,7 +537,13 @@ class _Walker:
                     refs = ()
                 else:
                     s = self.own_size(o, kind)
-                    refs = self.referents(o, kind)
+                    if kind == _NDARRAY and _object_elements(o):
+                        refs, nbulk = self._bulk(o, r, local, k not in local)
+                        size += nbulk[0]
+                        count += nbulk[1]
+                        new += nbulk[2]
+                    else:
+                        refs = self.referents(o, kind)
                     if kind == _MMAP:
                         try:
                             f = len(o)
@@ -577,31 +618,67 @@ class _Walker:
         self.objects += new
 
     def _native(self, obj: Any, kind: int, r: int, local: set[int]) -> int:
-        """Bytes of the pyarrow/torch buffers of ``obj`` new to root ``r`` (its size); shared buffers marked so.
+        """Bytes of the pyarrow/torch buffers of ``obj`` new to root ``r`` (its size); shared buffers marked so."""
+        return sum(self._buffer(-address - 1, nbytes, r, local) for address, nbytes in self.buffers(obj, kind))
+
+    def _buffer(self, k: int, nbytes: int, r: int, local: set[int]) -> int:
+        """Book ``nbytes`` under key ``k`` (negative: never an ``id()``) for root ``r``; the bytes new to ``r``.
 
         A buffer no root reached before is entered in the freed and total
         books here; one another root reached is shared (and freed by neither).
         """
-        out = 0
         label, shared = self.label, self.shared[r]
-        for address, nbytes in self.buffers(obj, kind):
-            k = -address - 1  # never an id() of a live object
-            lab = label.get(k)
-            if lab is None:
-                label[k] = r
-                self._buffer_size[k] = nbytes
-                self.freed[r] += nbytes
-                self.total += nbytes
-            elif lab == r or k in local:
-                continue
-            else:
-                local.add(k)
-                self._mark_multi(k, None, lab, r)
-                for j in self._multi_roots[k]:
-                    if j != r:
-                        shared[j] = shared.get(j, 0) + nbytes
-            out += nbytes
-        return out
+        lab = label.get(k)
+        if lab is None:
+            label[k] = r
+            self._buffer_size[k] = nbytes
+            self.freed[r] += nbytes
+            self.total += nbytes
+        elif lab == r or k in local:
+            return 0
+        else:
+            local.add(k)
+            self._mark_multi(k, None, lab, r)
+            for j in self._multi_roots.get(k, ()):
+                if j != r:
+                    shared[j] = shared.get(j, 0) + nbytes
+        return nbytes
+
+    def _bulk(self, arr: Any, r: int, local: set[int], first: bool) -> tuple[list[Any], tuple[int, int, int]]:
+        """The elements of an object array, sized in bulk: ``(distinct elements to walk, (bytes, objects, new))``.
+
+        An element of a leaf type (``str``, ``float``, ``int``...) that only
+        this array refers to (its reference count says so) can be reached by
+        nothing else: its bytes are summed at C speed (``map``) and booked as
+        one pseudo-buffer of the array, keyed by the array, so a second root
+        reaching the array shares them and the outside-holder pass frees them
+        with the array.  The other elements (shared, or containers) are
+        returned once each, their repeated references counted, for the walk.
+        A 10^6-row object column costs ~0.1 s instead of ~2 s (and no
+        per-element bookkeeping, which under tracemalloc cost far more).
+        """
+        uniq, rest = _split_elements(arr)
+        kinds = set(map(type, uniq))
+        # The leaf types are not GC-tracked, so getsizeof is __sizeof__; the unbound method of one type
+        # allocates no bound method per call (which tracemalloc would trace: 10x slower under it).
+        nbytes = sum(map(next(iter(kinds)).__sizeof__, uniq)) if len(kinds) == 1 else sum(map(sys.getsizeof, uniq))
+        if int in kinds:
+            nbytes += (_INT_ONE_DIGIT_ALLOC - _INT_ONE_DIGIT) * sum(
+                1 for x in uniq if type(x) is int and sys.getsizeof(x) == _INT_ONE_DIGIT
+            )
+        nuniq = len(uniq)
+        uniq = None
+        key = -id(arr) - 1
+        is_new = key not in self.label
+        booked = self._buffer(key, nbytes, r, local) if nuniq else 0
+        distinct: dict[int, Any] = dict(zip(map(id, rest), rest, strict=True))
+        if first and len(distinct) < len(rest):
+            inref = self.inref
+            for ck, m in collections.Counter(map(id, rest)).items():
+                if m > 1:  # the walk's loop counts one edge; the others are the same element repeated
+                    inref[ck] = inref.get(ck, 0) + m - 1
+        rest = None
+        return list(distinct.values()), (booked, nuniq if booked else 0, nuniq if is_new else 0)
 
     def _mark_multi(self, k: int, obj: Any, lab: int, r: int) -> None:
         """Object or buffer ``k`` (first reached by root ``lab``) is reached by root ``r`` too."""
@@ -644,10 +721,27 @@ class _Walker:
                     held = self.held[r]
                     held[holder] = held.get(holder, 0) + size
                 label[k] = OUTSIDE
-                for c in self.referents(o, kind) if kind != _GENERIC else gc.get_referents(o):
+                if kind in (_NDARRAY, _ARROW, _TORCH):  # their bytes booked as buffers go with them
+                    keys = [-a - 1 for a, _ in self.buffers(o, kind)] if kind != _NDARRAY else [-k - 1]
+                    for bk in keys:
+                        blab = label.get(bk)
+                        if blab is None or blab == OUTSIDE:
+                            continue
+                        nbytes = self._buffer_size[bk]
+                        for r in (blab,) if blab >= 0 else self._multi_roots.get(bk, ()):
+                            if blab >= 0:
+                                self.freed[r] -= nbytes
+                            held = self.held[r]
+                            held[holder] = held.get(holder, 0) + nbytes
+                        label[bk] = OUTSIDE
+                if kind == _NDARRAY and _object_elements(o):
+                    refs = _split_elements(o)[1]  # the elements only it holds are in its bulk key above
+                else:
+                    refs = self.referents(o, kind) if kind != _GENERIC else gc.get_referents(o)
+                for c in refs:
                     if id(c) in label and id(c) not in seen:
                         stack.append(c)
-                c = o = None
+                c = o = refs = None
                 tick += 1
                 if tick >= 1024:
                     tick = 0

@@ -109,6 +109,7 @@ class MemwhoResult(Comparable):
     duration: float = 0.0
     trimmed: int | None = None
     hidden_rows: int = 0
+    rows_total: int = 0  # rows the walk made, before the pattern, -n and the hiding of small holders
     outcome: str = "ok"
     error: str | None = None
     notes: tuple[str, ...] = ()

@@ -14,13 +14,32 @@ FREED_TITLE = "Bytes that nothing else alive reaches: what del NAME gives back t
 
 
 def headline(result: MemwhoResult, precision: int = 2) -> str:
+    """One line: the names shown and what they hold; when a pattern or ``-n`` leaves names out, what all hold."""
     shown = len(result.rows)
-    what = f"{shown} name{'s' if shown != 1 else ''}"
-    if result.hidden_rows:
-        what += f" ({result.hidden_rows} hidden)"
     walk = f"{result.objects:,} objects walked in {fmt_seconds(result.duration)}"
     if not result.complete:
         walk += f", cut short: {result.names_walked} of {result.names_total} names in full"
+    left_out = result.rows_total - shown - result.hidden_rows
+    if left_out > 0:  # the figure must be the rows' own: sizes can overlap, so their sum is "at most"
+        held = sum(r.size for r in result.rows)
+        overlap = any(set(r.shared_with) & {o.name for o in result.rows} for r in result.rows)
+        what = f"{shown} of {result.rows_total} name{'s' if result.rows_total != 1 else ''} shown"
+        filters = ", ".join(
+            f
+            for f in (
+                result.params.pattern and f"matching {result.params.pattern}",
+                result.params.top and f"top {result.params.top}",
+            )
+            if f
+        )
+        held_text = ("at most " if overlap else "") + fmt_bytes(held, precision)
+        return (
+            f"%memwho: {what} ({filters}), holding {held_text}; all names together hold "
+            f"{fmt_bytes(result.total, precision)} · {walk}"
+        )
+    what = f"{shown} name{'s' if shown != 1 else ''}"
+    if result.hidden_rows:
+        what += f" ({result.hidden_rows} hidden)"
     return f"%memwho: {what}; the names hold {fmt_bytes(result.total, precision)} · {walk}"
 
 
