@@ -37,6 +37,15 @@ from typing import Any, TextIO
 
 from . import api
 from .files import writable_file
+from .units import precision_int
+
+
+def _precision(text: str) -> int:
+    try:
+        return precision_int(text)
+    except ValueError as exc:  # argparse shows this message, not the function's name
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
 
 USAGE = (
     "python -m ipymem [--backend B] [--precision N] [-o FILE] [--timeline [--plot FILE.png] [-c]]"
@@ -57,7 +66,7 @@ def _parser() -> argparse.ArgumentParser:
         help="line backend: rss (process RSS, default; memory_profiler's psutil, posix) "
         "or heap (Python heap by tracemalloc; memory_profiler's tracemalloc)",
     )
-    p.add_argument("--precision", type=int, default=None, help="decimal places of the MiB figures (default 1)")
+    p.add_argument("--precision", type=_precision, default=None, help="decimal places of the MiB figures (default 1)")
     p.add_argument("-o", "--output", metavar="FILE", help="write the reports to FILE instead of stdout")
     p.add_argument("--timeline", action="store_true", help="record the RSS timeline and exact peak (mprof run)")
     p.add_argument("--plot", metavar="FILE.png", help="with --timeline: save the chart, peak marked (mprof plot)")

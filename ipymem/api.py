@@ -504,7 +504,7 @@ def memtrace(
 
 
 def memwho(
-    namespace: Mapping[str, Any] | None = None,
+    namespace: Mapping[str, Any] | str | None = None,
     /,
     pattern: str | None = None,
     *,
@@ -515,7 +515,8 @@ def memwho(
 ) -> MemwhoResult:
     """Which names of ``namespace`` hold memory, what ``del`` would free, and what RSS is made of (``%memwho``).
 
-    ``namespace`` defaults to the caller's globals.  Names starting with
+    ``namespace`` defaults to the caller's globals; a string in its place is
+    the pattern (``memwho("df*")``).  Names starting with
     ``_`` are hidden (``show_all=True`` lists them); ``pattern`` is a glob on
     the names shown.  The walk stops after ``budget`` seconds and says so.
     ``trim=True`` first runs a garbage collection and ``malloc_trim(0)``.
@@ -524,10 +525,18 @@ def memwho(
     >>> round(memwho({"big": big}).row("big").freed_if_deleted / 1e6)  # doctest: +SKIP
     1
     """
+    if type(namespace) is str:  # memwho("df*"), as %memwho df*: a pattern over the caller's globals
+        if pattern is not None:
+            raise TypeError("memwho(pattern) or memwho(namespace, pattern), not two patterns")
+        namespace, pattern = None, namespace
     if namespace is None:
         import sys
 
         namespace = sys._getframe(1).f_globals
+    elif not isinstance(namespace, Mapping):
+        raise TypeError(
+            f"memwho() expects a mapping of names (such as globals()) or a pattern, got {type(namespace).__name__}"
+        )
     result = engine.census(namespace, pattern=pattern, top=top, show_all=show_all, budget=budget, trim=trim)
     if result.outcome == "interrupted":
         raise KeyboardInterrupt

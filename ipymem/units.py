@@ -9,6 +9,21 @@ from __future__ import annotations
 
 MIB = 1024 * 1024
 
+#: Decimal places a report can show: past this a figure is noise, and 10**9 places is a 1 GB string.
+MAX_PRECISION = 12
+
+
+def precision_int(text: str) -> int:
+    """``--precision N``: an integer from 0 to :data:`MAX_PRECISION`, checked before anything runs."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise ValueError(f"expected an integer from 0 to {MAX_PRECISION}, got {text!r}") from None
+    if not 0 <= value <= MAX_PRECISION:
+        raise ValueError(f"expected an integer from 0 to {MAX_PRECISION}, got {text!r}")
+    return value
+
+
 _UNITS = {"B": 1, "KiB": 1024, "MiB": MIB, "GiB": 1024 * MIB}
 
 

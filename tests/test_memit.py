@@ -217,7 +217,7 @@ def test_help_is_generated_from_the_option_table(ip):
         ("-t -1 x = 1", "seconds"),
         ("-i nan x = 1", "seconds"),
         ("-v 1bad x = 1", "identifier"),
-        ("--precision -2 x = 1", "0 or more"),
+        ("--precision -2 x = 1", "from 0 to 12"),
     ],
 )
 def test_bad_input_raises_usage_error_and_runs_nothing(ip, line, message):

@@ -205,7 +205,7 @@ def test_help_is_generated_from_the_option_table(ip):
         ("-r 0 x = 1", "positive integer"),
         ("-r -2 x = 1", "positive integer"),
         ("-v 1bad x = 1", "identifier"),
-        ("--precision -1 x = 1", "0 or more"),
+        ("--precision -1 x = 1", "from 0 to 12"),
         ("--bogus x = 1", "not recognized"),
     ],
 )

@@ -109,15 +109,19 @@ def test_overlapping_thread_watches_restore_the_hook_in_any_order():
 
 
 def test_threads_the_kernel_starts_during_a_profile_are_not_the_profiled_codes(ip):
-    """ipykernel 7 starts a ``subshell-…`` thread when the widgets frontend asks for one, which can be
-    during a run: the note on threads started by the profiled code counts only the code's own."""
+    """ipykernel 7 starts a subshell thread when the widgets frontend asks for one, which can be during a
+    run: the note on threads started by the profiled code counts only the code's own.  The kernel's
+    thread is recognised by its code (a class or target of ipykernel's), not by its name."""
     ip.run_cell(
-        "import threading\ndef spawn(name):\n    t = threading.Thread(target=lambda: None, name=name)\n"
+        "import threading\n"
+        "def kernel_target():\n    pass\n"
+        "kernel_target.__module__ = 'ipykernel.subshell'  # what ipykernel's own thread runs\n"
+        "def spawn(target, name):\n    t = threading.Thread(target=target, name=name)\n"
         "    t.start()\n    t.join()\n    return 1\n"
     )
-    r = ip.line("mprun", "-q -o -f spawn spawn('subshell-1234')")
+    r = ip.line("mprun", "-q -o -f spawn spawn(kernel_target, 'Thread-9')")
     assert not any("threads started" in n for n in r.notes), r.notes
-    r = ip.line("mprun", "-q -o -f spawn spawn('worker')")
+    r = ip.line("mprun", "-q -o -f spawn spawn(lambda: None, 'subshell-1234')")  # a name proves nothing
     assert any("(1 started)" in n for n in r.notes), r.notes
 
 

@@ -269,13 +269,16 @@ def _roots(
             else:
                 root[3].append(label)
 
-    for name, obj in namespace.items():
+    # A snapshot: a thread may add globals meanwhile.  Keys that are not exact strings are read past
+    # their methods (a str subclass's startswith is user code); other keys are not names.
+    entries = [(str.__getitem__(n, slice(None)), o) for n, o in list(namespace.items()) if issubclass(type(n), str)]
+    for name, obj in entries:
         bindings[id(obj)] = bindings.get(id(obj), 0) + 1
-        if name == "__builtins__" or isinstance(obj, (types.ModuleType, type)):
+        if name == "__builtins__" or issubclass(type(obj), (types.ModuleType, type)):
             continue
         if show_all or not (name.startswith("_") or name in hidden):
             roots.append([name, obj, NAME, []])
-    for name, obj in namespace.items():
+    for name, obj in entries:
         if not show_all and _CACHE_NAME.match(name):
             add_holder(name, obj)
     for label, obj in (holders or {}).items():  # the reference it stands for, and the mapping's own
@@ -287,6 +290,7 @@ def _roots(
             bindings[id(obj)] = bindings.get(id(obj), 0) + 1
             add_holder(f"sys.{attr}", obj)
     obj = None
+    entries.clear()
     # Biggest first by shallow size, so a walk cut short covers what matters most.
     roots.sort(key=lambda r: (r[2] != NAME, -_shallow(r[1])))
     root_refs: dict[int, int] = {}
@@ -304,7 +308,8 @@ def _shown(row: MemwhoRow, pattern: str | None, show_all: bool) -> bool:
 
 
 def _atom(obj: Any) -> bool:
-    return obj is None or isinstance(obj, (bool, int, float, str, types.ModuleType, type))
+    # type(), not isinstance(): isinstance reads obj.__class__, which a lazy object runs code for
+    return obj is None or issubclass(type(obj), (bool, int, float, str, types.ModuleType, type))
 
 
 def _shallow(obj: Any) -> int:
@@ -821,7 +826,7 @@ def _describe(obj: Any) -> str:
             return f"{name} {obj.type} len {len(obj)}"
         if tp in (list, tuple, dict, set, frozenset, str, bytes, bytearray):  # exact: a subclass's len is user code
             return f"{name} len {len(obj)}"
-        if isinstance(obj, types.FunctionType) and obj.__closure__:
+        if tp is types.FunctionType and obj.__closure__:
             return f"function (closure of {len(obj.__closure__)})"
     except Exception:
         pass

@@ -16,7 +16,7 @@ from typing import Any
 
 from IPython.core.error import UsageError
 from IPython.core.magic import Magics, line_cell_magic, line_magic, magics_class, no_var_expand
-from traitlets import Bool, Float, observe
+from traitlets import Bool, Float, TraitError, observe, validate
 
 from .. import engine
 from ..engine import cluster as cluster_engine
@@ -37,7 +37,6 @@ from ..shell import (
     cell_label,
     compile_user_code,
     make_doc,
-    non_negative_int,
     output_bookkeeping,
     output_holders,
     parse,
@@ -49,6 +48,7 @@ from ..shell import (
     store_name,
     usage_line,
 )
+from ..units import precision_int
 
 MEMIT_TAIL = "statement"
 MEMIT_OPTS = (
@@ -60,7 +60,7 @@ MEMIT_OPTS = (
     Opt("q", "Quiet: print nothing."),
     Opt("v", "Store the MemitResult in the user namespace under NAME.", "NAME", store_name),
     Opt("heap", "Also trace the Python heap with tracemalloc and report its peak (slows allocation-heavy code)."),
-    Opt("precision", "Decimal places of the MiB figures (default 2).", "N", non_negative_int, 2),
+    Opt("precision", "Decimal places of the MiB figures (default 2).", "N", precision_int, 2),
     Opt("no-live", "No live chart while the statement runs (see also %config MemoryMagics.live)."),
     Opt("cluster", "Measure the workers of this distributed.Client (default: the default client, if any).", "NAME"),
     Opt("no-cluster", "Do not measure Dask workers, even when a client is active."),
@@ -106,7 +106,7 @@ MEMTRACE_OPTS = (
     Opt("q", "Quiet: print nothing."),
     Opt("v", "Store the AllocResult in the user namespace under NAME.", "NAME", store_name),
     Opt("no-live", "No live memory chart while the statement runs."),
-    Opt("precision", "Decimal places of the MiB figures (default 2).", "N", non_negative_int, 2),
+    Opt("precision", "Decimal places of the MiB figures (default 2).", "N", precision_int, 2),
 )
 
 MPRUN_TAIL = "statement"
@@ -139,7 +139,7 @@ MPRUN_OPTS = (
     Opt("no-live", "No live memory chart while the statement runs."),
     Opt("q", "Quiet: print nothing."),
     Opt("c", "Include the memory of child processes (sampled at the readings)."),
-    Opt("precision", "Decimal places of the MiB figures (default 2).", "N", non_negative_int, 2),
+    Opt("precision", "Decimal places of the MiB figures (default 2).", "N", precision_int, 2),
     Opt(
         "backend",
         "rss (process RSS, the default) or heap (Python heap by tracemalloc, per line).",
@@ -158,7 +158,7 @@ MEMWHO_OPTS = (
     Opt("q", "Quiet: print nothing."),
     Opt("v", "Store the MemwhoResult in the user namespace under NAME.", "NAME", store_name),
     Opt("trim", "First collect garbage and return free memory to the OS (malloc_trim); report how much RSS came back."),
-    Opt("precision", "Decimal places of the MiB figures (default 2).", "N", non_negative_int, 2),
+    Opt("precision", "Decimal places of the MiB figures (default 2).", "N", precision_int, 2),
 )
 
 
@@ -291,6 +291,13 @@ class MemoryMagics(Magics):
     memwho_budget = Float(
         5.0, help="Seconds %memwho may spend walking the namespace; a walk cut short says what it covered."
     ).tag(config=True)
+
+    @validate("memwho_budget")
+    def _valid_budget(self, proposal: Any) -> float:
+        value = proposal["value"]
+        if not (0 < value < float("inf")):  # nan would make the walk unbounded, -1 would stop it at once
+            raise TraitError(f"memwho_budget must be a positive number of seconds, got {value!r}")
+        return value
 
     _memwatch: MemWatch | None = None
 
