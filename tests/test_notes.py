@@ -279,18 +279,6 @@ def test_memit_gives_no_reuse_note_when_memory_is_new(ip):
     assert not any("held free" in n for n in r.notes), r.notes
 
 
-def test_mprun_says_when_lines_reused_free_memory(ip):
-    from ipymem.engine.rssparts import mallinfo
-
-    if mallinfo() is None:
-        pytest.skip("needs glibc's mallinfo2")
-    _warm_free_lists(ip)
-    ip.run_cell("def build():\n    out = [bytearray(10**6) for _ in range(50)]\n    return out\n")
-    r = ip.line("mprun", "-o -q -f build kept = build()")
-    ip.run_cell("del kept")
-    assert any("held free" in n and "--backend heap" in n for n in r.notes), r.notes
-
-
 # -- %memwho: an object column sized in bulk, within its budget, and a headline that matches ---------
 
 

@@ -57,7 +57,6 @@ from . import peaks
 from .books import _Books, _heap_quiet, _Stats  # noqa: F401  (re-exported: tests patch _Books here)
 from .meters import _read_cost, make_meter
 from .probes import Probe
-from .rssparts import allocator_free, reuse_hint
 from .sampler import ThreadActivity
 from .tracers import (
     _free_tool_id,
@@ -201,7 +200,6 @@ def profile_lines(
                 )
         books = _Books(stats, meter, int(min_interval * 1e9), on_call)
         active: Any = _MonitoringTracer(books, tool) if tool is not None else _SettraceTracer(books)
-        free_before = allocator_free() if backend == "rss" else None
         t0 = time.perf_counter()
         guard = _SigintGuard()
         activity = ThreadActivity().start()
@@ -233,12 +231,6 @@ def profile_lines(
             f"({', '.join(others[:3])}{', ...' if len(others) > 3 else ''}): {memory} is the whole process's, "
             "so their memory is in the lines that were running"
         )
-    if free_before is not None:
-        hint = reuse_hint(
-            books.net, free_before - (allocator_free() or 0), "the lines' RSS increments leave", "--backend heap"
-        )
-        if hint:
-            notes.append(hint)
     if threads.started or books.foreign:
         notes.append(
             "only the calling thread is profiled: threads started by the profiled code are not"
