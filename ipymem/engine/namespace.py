@@ -719,26 +719,13 @@ class _Walker:
                 if lab is None or lab == OUTSIDE:
                     continue
                 kind = self.kind(type(o))
-                size = self.own_size(o, kind)
-                for r in (lab,) if lab >= 0 else self._multi_roots.get(k, ()):
-                    if lab >= 0:
-                        self.freed[r] -= size
-                    held = self.held[r]
-                    held[holder] = held.get(holder, 0) + size
-                label[k] = OUTSIDE
+                self._to_holder(k, lab, self.own_size(o, kind), holder)
                 if kind in (_NDARRAY, _ARROW, _TORCH):  # their bytes booked as buffers go with them
                     keys = [-a - 1 for a, _ in self.buffers(o, kind)] if kind != _NDARRAY else [-k - 1]
                     for bk in keys:
                         blab = label.get(bk)
-                        if blab is None or blab == OUTSIDE:
-                            continue
-                        nbytes = self._buffer_size[bk]
-                        for r in (blab,) if blab >= 0 else self._multi_roots.get(bk, ()):
-                            if blab >= 0:
-                                self.freed[r] -= nbytes
-                            held = self.held[r]
-                            held[holder] = held.get(holder, 0) + nbytes
-                        label[bk] = OUTSIDE
+                        if blab is not None and blab != OUTSIDE:
+                            self._to_holder(bk, blab, self._buffer_size[bk], holder)
                 if kind == _NDARRAY and _object_elements(o):
                     refs = _split_elements(o)[1]  # the elements only it holds are in its bulk key above
                 else:
@@ -752,6 +739,15 @@ class _Walker:
                     tick = 0
                     self._check_time()
             stack.clear()
+
+    def _to_holder(self, k: int, lab: int, nbytes: int, holder: str) -> None:
+        """Object or buffer ``k`` (label ``lab``) is kept by an outside ``holder``: no root's ``del`` frees it."""
+        for r in (lab,) if lab >= 0 else self._multi_roots.get(k, ()):
+            if lab >= 0:
+                self.freed[r] -= nbytes
+            held = self.held[r]
+            held[holder] = held.get(holder, 0) + nbytes
+        self.label[k] = OUTSIDE
 
     def _check_time(self) -> None:
         now = time.perf_counter()
